@@ -1,0 +1,971 @@
+"""Classification losses: softmax cross-entropy and its relatives, sigmoid losses, focal losses,
+divergences, the hinge-to-cross-entropy chain of the 001 seed, and PyTorch's margin losses.
+
+Layout convention: class scores are ``(N, C, *)`` (class axis 1, as PyTorch); losses that take an
+``axis`` parameter accept the class axis anywhere (optax and Keras use ``axis=-1``). Every forward
+returns the unreduced loss; every VJP is derived by hand, in closed form, and stated in the
+docstring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+
+from .. import domains as D
+from ..loss import SAMPLE, Input, Param, loss
+from ..xp import (
+    is_floating,
+    log1m,
+    log_softmax,
+    logsumexp,
+    namespace,
+    one_hot,
+    safe_log,
+    sigmoid,
+    softmax,
+    softplus,
+    take_along_axis,
+    xlogy,
+    xmul,
+)
+
+# ------------------------------------------------------------------------------------------------
+# Shared declarations and helpers (each written once, used by several losses).
+
+_SCORES = Input("logits", shape="N C *", domain=D.logits, doc="unnormalised class scores")
+_LABELS = Input(
+    "target", dtype="int", shape="N *", differentiable=False, classes="C", ignore="ignore_index",
+    domain=D.class_indices, doc="class indices",
+)
+_LABELS_NO_IGNORE = Input(
+    "target", dtype="int", shape="N *", differentiable=False, classes="C", domain=D.class_indices,
+    doc="class indices",
+)
+_CLASS_WEIGHT = Param(
+    "weight", None, kind="array", shape="C", nullable=True, low=0.0, grid=(SAMPLE,), domain=D.class_weights,
+    doc="per-class weight w_c (PyTorch `weight`)",
+)
+_IGNORE_INDEX = Param("ignore_index", -100, kind="int", grid=(1,), doc="target value that contributes nothing")
+_SMOOTHING = Param("label_smoothing", 0.0, low=0.0, high=1.0, grid=(0.1,), doc="epsilon: targets become (1-eps) y + eps/C")
+_AXIS = Param("axis", 1, kind="int", grid=(-1,), doc="class axis (PyTorch 1; optax and Keras -1)")
+_ELEMENT_WEIGHT = Param(
+    "weight", None, kind="array", shape="broadcast", nullable=True, low=0.0, grid=(SAMPLE,),
+    domain=D.class_weights, doc="rescaling weight broadcast to the input",
+)
+
+
+def _per_class(xp, weight, like):
+    """Class weights shaped to broadcast against ``(N, C, *)`` arrays like ``like`` (ones if None)."""
+    c = like.shape[1]
+    shape = (1, c) + (1,) * (like.ndim - 2)
+    if weight is None:
+        return xp.ones(shape, dtype=like.dtype, device=array_api_compat.device(like))
+    return xp.reshape(weight, shape)
+
+
+def _target_weight(xp, weight, target, keep, like):
+    """``w[target]`` per sample, 0 where the target is ignored (``keep=None``: nothing ignored)."""
+    mask = xp.ones(target.shape, dtype=like.dtype, device=array_api_compat.device(like))
+    if keep is not None:
+        mask = xp.astype(keep, like.dtype)
+    if weight is None:
+        return mask
+    picked = xp.take(weight, xp.reshape(target, (-1,)))
+    return xp.reshape(picked, target.shape) * mask
+
+
+def _kept(xp, target, ignore_index):
+    keep = target != ignore_index
+    return keep, xp.where(keep, target, xp.zeros_like(target))
+
+
+def _expand(xp, per_sample):
+    """Per-sample array ``(N, *)`` -> ``(N, 1, *)`` to broadcast against class scores."""
+    return xp.expand_dims(per_sample, axis=1)
+
+
+def _weighted_binary_terms(xp, x, y, w_pos, w_neg):
+    """``w_pos y softplus(-x) + w_neg (1-y) softplus(x)``: -w_pos y log sigma(x) - w_neg (1-y) log sigma(-x).
+
+    The single binary cross-entropy on logits behind BCE-with-logits, its pos_weight, the seed's
+    weighted and balanced forms and the multilabel soft margin. ``0 * inf = 0`` at infinite logits.
+    """
+    return xmul(w_pos * y, softplus(-x, xp=xp), xp=xp) + xmul(w_neg * (1 - y), softplus(x, xp=xp), xp=xp)
+
+
+def _weighted_binary_grad_x(xp, x, y, w_pos, w_neg):
+    """d/dx of :func:`_weighted_binary_terms`: ``-w_pos y sigma(-x) + w_neg (1-y) sigma(x)``."""
+    return -w_pos * y * sigmoid(-x, xp=xp) + w_neg * (1 - y) * sigmoid(x, xp=xp)
+
+
+def _weighted_binary_grad_y(xp, x, y, w_pos, w_neg):
+    """d/dy of :func:`_weighted_binary_terms`: ``w_pos softplus(-x) - w_neg softplus(x)``."""
+    return w_pos * softplus(-x, xp=xp) - w_neg * softplus(x, xp=xp)
+
+
+def _optional(value, default):
+    return default if value is None else value
+
+
+def _at_least_two_classes(xp, name, logits, *args, **params):
+    if logits.shape[1] < 2:
+        raise ValueError(f"{name}: logits must have at least 2 classes (a target and another), got shape {tuple(logits.shape)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Softmax cross-entropy.
+
+
+def _route_probability_targets(loss_obj, args, kwargs):
+    # PyTorch's cross_entropy takes probability targets when the target is floating.
+    target = args[1] if len(args) > 1 else kwargs.get("target")
+    if target is None or not hasattr(target, "dtype"):
+        return None
+    xp = namespace(target)
+    if not is_floating(xp, target):
+        return None
+    kwargs = dict(kwargs)
+    ignore = kwargs.pop("ignore_index", -100)
+    if ignore != -100:
+        raise ValueError(
+            f"cross_entropy: ignore_index must be left at -100 with probability targets (PyTorch rule), got {ignore!r}"
+        )
+    return softmax_cross_entropy, args, kwargs
+
+
+def _ce_mean_weight(xp, logits, target, *, weight, ignore_index, label_smoothing, axis):
+    keep, safe = _kept(xp, target, ignore_index)
+    return _target_weight(xp, weight, safe, keep, logits)
+
+
+@loss(
+    family="classification",
+    inputs=[_SCORES, _LABELS],
+    params=[_CLASS_WEIGHT, _IGNORE_INDEX, _SMOOTHING, _AXIS],
+    class_axis=True,
+    mean_weight=_ce_mean_weight,
+    route=_route_probability_targets,
+    counterparts={
+        "torch": "torch.nn.functional.cross_entropy",
+        "optax": "optax.losses.softmax_cross_entropy_with_integer_labels (no weight, ignore_index or smoothing)",
+        "keras": "keras.losses.SparseCategoricalCrossentropy(from_logits=True)",
+        "tf": "tf.nn.sparse_softmax_cross_entropy_with_logits",
+    },
+    references=["PyTorch aten/src/ATen/native/LossNLL.cpp (cross_entropy_loss_label_smoothing)"],
+)
+def cross_entropy(xp, logits, target, *, weight, ignore_index, label_smoothing, axis):
+    """Softmax cross-entropy with class-index targets, exactly as PyTorch defines it.
+
+    With ``lsm = log_softmax(z)`` along the class axis, ``w`` the class weights (ones by default),
+    ``eps`` the label smoothing and ``C`` the number of classes, per sample::
+
+        l_n = (1 - eps) * (-w[y_n] lsm[y_n])  +  (eps / C) * (-sum_c w_c lsm_c)
+
+    and ``l_n = 0`` where ``y_n == ignore_index``. ``mean`` divides by ``sum_n w[y_n]`` over
+    non-ignored samples (PyTorch's weighted mean; NaN when every target is ignored, as in PyTorch).
+    A floating ``target`` of the logits' shape is routed to :func:`softmax_cross_entropy`.
+
+    Gradient (``p = softmax(z)``, ``W = sum_c w_c``): ``d l_n / d z = (1 - eps) w[y_n] (p - onehot(y_n))
+    + (eps / C) (W p - w)``, since ``d lsm_c / d z_k = delta_ck - p_k``.
+
+    Shapes: ``logits (N, C, *)`` with the class axis at ``axis``; ``target (N, *)`` integers in
+    ``[0, C)`` or ``ignore_index``; ``weight (C,)``.
+    """
+    num_classes = logits.shape[1]
+    lsm = log_softmax(logits, axis=1, xp=xp)
+    keep, safe = _kept(xp, target, ignore_index)
+    w_y = _target_weight(xp, weight, safe, keep, logits)
+    out = xmul(w_y, -take_along_axis(lsm, safe, axis=1, xp=xp), xp=xp)
+    if label_smoothing == 0:
+        return out
+    w = _per_class(xp, weight, logits)
+    smooth = -xp.sum(xmul(w * xp.ones_like(lsm), lsm, xp=xp), axis=1)
+    smooth = xmul(xp.astype(keep, logits.dtype), smooth, xp=xp)
+    return (1 - label_smoothing) * out + (label_smoothing / num_classes) * smooth
+
+
+@cross_entropy.defvjp
+def _cross_entropy_vjp(xp, cot, logits, target, *, weight, ignore_index, label_smoothing, axis):
+    num_classes = logits.shape[1]
+    p = softmax(logits, axis=1, xp=xp)
+    keep, safe = _kept(xp, target, ignore_index)
+    w_y = _expand(xp, _target_weight(xp, weight, safe, keep, logits))
+    grad = (1 - label_smoothing) * w_y * (p - one_hot(safe, num_classes, axis=1, dtype=p.dtype, xp=xp))
+    if label_smoothing:
+        w = _per_class(xp, weight, logits)
+        total = xp.sum(w)
+        grad = grad + (label_smoothing / num_classes) * _expand(xp, xp.astype(keep, p.dtype)) * (total * p - w)
+    return _expand(xp, cot) * grad, None
+
+
+@loss(
+    family="classification",
+    inputs=[_SCORES, Input("target", shape="N C *", values=(0.0, math.inf), domain=D.distributions, doc="class probabilities")],
+    params=[_CLASS_WEIGHT, _SMOOTHING, _AXIS],
+    class_axis=True,
+    counterparts={
+        "torch": "torch.nn.functional.cross_entropy (probability targets)",
+        "optax": "optax.losses.safe_softmax_cross_entropy (softmax_cross_entropy gives NaN at -inf logits)",
+        "keras": "keras.losses.CategoricalCrossentropy(from_logits=True)",
+        "tf": "tf.nn.softmax_cross_entropy_with_logits",
+    },
+    references=["PyTorch LossNLL.cpp (cross_entropy_loss_prob_target)"],
+)
+def softmax_cross_entropy(xp, logits, target, *, weight, label_smoothing, axis):
+    """Softmax cross-entropy against probability targets.
+
+    ``y' = (1 - eps) y + eps / C``;  ``l_n = -sum_c w_c y'_c lsm_c``, with ``0 * lsm = 0`` for a
+    zero-probability class even at a ``-inf`` logit (the mathematical limit; PyTorch and optax's
+    ``softmax_cross_entropy`` give NaN there). ``mean`` divides by the number of samples
+    ``N * prod(*)`` (PyTorch: no weight normalisation on this path).
+
+    Gradients: ``d l / d z = (sum_c w_c y'_c) p - w y'`` and ``d l / d y = -(1 - eps) w lsm`` (PyTorch
+    and ``tf.nn.softmax_cross_entropy_with_logits`` both back-propagate into the target).
+
+    Shapes: ``logits`` and ``target`` ``(N, C, *)`` with the class axis at ``axis``; ``weight (C,)``.
+    """
+    lsm = log_softmax(logits, axis=1, xp=xp)
+    a = _per_class(xp, weight, logits) * ((1 - label_smoothing) * target + label_smoothing / logits.shape[1])
+    return -xp.sum(xmul(a, lsm, xp=xp), axis=1)
+
+
+@softmax_cross_entropy.defvjp
+def _softmax_cross_entropy_vjp(xp, cot, logits, target, *, weight, label_smoothing, axis):
+    w = _per_class(xp, weight, logits)
+    a = w * ((1 - label_smoothing) * target + label_smoothing / logits.shape[1])
+    p = softmax(logits, axis=1, xp=xp)
+    g = _expand(xp, cot)
+    grad_logits = g * (xp.sum(a, axis=1, keepdims=True) * p - a)
+    grad_target = g * (-(1 - label_smoothing)) * w * log_softmax(logits, axis=1, xp=xp)
+    return grad_logits, grad_target
+
+
+def _nll_mean_weight(xp, log_probs, target, *, weight, ignore_index, axis):
+    keep, safe = _kept(xp, target, ignore_index)
+    return _target_weight(xp, weight, safe, keep, log_probs)
+
+
+@loss(
+    family="classification",
+    inputs=[Input("log_probs", shape="N C *", domain=D.log_probabilities, doc="log-probabilities"), _LABELS],
+    params=[_CLASS_WEIGHT, _IGNORE_INDEX, _AXIS],
+    class_axis=True,
+    mean_weight=_nll_mean_weight,
+    counterparts={"torch": "torch.nn.functional.nll_loss"},
+    references=["PyTorch LossNLL.cpp (nll_loss)"],
+)
+def nll_loss(xp, log_probs, target, *, weight, ignore_index, axis):
+    """Negative log-likelihood of class-index targets: ``l_n = -w[y_n] x[n, y_n]``, 0 where ignored.
+
+    The input is taken as given (PyTorch does not check that it is a log-probability). ``mean``
+    divides by ``sum_n w[y_n]`` over non-ignored samples.
+
+    Gradient: ``d l_n / d x = -w[y_n] onehot(y_n)``.
+
+    Shapes: ``log_probs (N, C, *)``, ``target (N, *)``, ``weight (C,)``.
+    """
+    keep, safe = _kept(xp, target, ignore_index)
+    w_y = _target_weight(xp, weight, safe, keep, log_probs)
+    return xmul(w_y, -take_along_axis(log_probs, safe, axis=1, xp=xp), xp=xp)
+
+
+@nll_loss.defvjp
+def _nll_loss_vjp(xp, cot, log_probs, target, *, weight, ignore_index, axis):
+    keep, safe = _kept(xp, target, ignore_index)
+    w_y = _target_weight(xp, weight, safe, keep, log_probs)
+    hot = one_hot(safe, log_probs.shape[1], axis=1, dtype=log_probs.dtype, xp=xp)
+    return -_expand(xp, cot * w_y) * hot, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Binary cross-entropy.
+
+_KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
+_TORCH_LOG_FLOOR = -100.0  # PyTorch clamps each log term of binary_cross_entropy at -100
+
+
+def _bce_logs(xp, p, clamp):
+    """``(log p, log(1 - p))`` under the clamp convention, and the masks where each is differentiable."""
+    if clamp == "keras":
+        inside = (p >= _KERAS_EPSILON) & (p <= 1 - _KERAS_EPSILON)
+        q = xp.clip(p, _KERAS_EPSILON, 1 - _KERAS_EPSILON)
+        return xp.log(q), xp.log1p(-q), inside, inside
+    log_p, log_q = safe_log(p, xp=xp), log1m(p, xp=xp)
+    if clamp == "torch":
+        return (
+            xp.maximum(log_p, _TORCH_LOG_FLOOR),
+            xp.maximum(log_q, _TORCH_LOG_FLOOR),
+            log_p > _TORCH_LOG_FLOOR,
+            log_q > _TORCH_LOG_FLOOR,
+        )
+    return log_p, log_q, p > 0, p < 1
+
+
+def _safe_ratio(xp, num, den, live):
+    """``num / den`` where ``live``, 0 elsewhere."""
+    return xp.where(live, num / xp.where(live, den, xp.ones_like(den)), xp.zeros_like(num * den))
+
+
+@loss(
+    family="classification",
+    inputs=[
+        Input("input", values=(0.0, 1.0), domain=D.probabilities, doc="probabilities"),
+        Input("target", values=(0.0, 1.0), domain=D.binary_targets, doc="targets in [0, 1]"),
+    ],
+    params=[
+        _ELEMENT_WEIGHT,
+        Param(
+            "clamp", "torch", kind="choice", choices=("torch", "keras", "none"), grid=("keras", "none"),
+            doc="torch: each log clamped at -100; keras: p clipped to [1e-7, 1 - 1e-7]; none: exact",
+        ),
+    ],
+    counterparts={
+        "torch": "torch.nn.functional.binary_cross_entropy (clamp='torch')",
+        "keras": "keras.losses.BinaryCrossentropy(from_logits=False) (clamp='keras', mean over the last axis)",
+        "optax": "(none on probabilities)",
+    },
+    references=["PyTorch aten/src/ATen/native/Loss.cpp", "Keras 3 keras/src/backend/*/nn.py binary_crossentropy"],
+)
+def binary_cross_entropy(xp, input, target, *, weight, clamp):
+    """Binary cross-entropy on probabilities: ``l = -w [y log p + (1 - y) log(1 - p)]``.
+
+    ``clamp`` picks the convention at saturated probabilities: ``torch`` clamps each log at -100
+    (``BCE(p=0, y=1) = 100``), ``keras`` clips ``p`` to ``[1e-7, 1 - 1e-7]`` (``16.118...``), ``none``
+    is exact (``inf``). ``log(1 - p)`` is evaluated as ``log1p(-p)``.
+
+    Gradients are the exact derivatives of the clamped forward: ``d l / d p = -w [y / p - (1 - y) / (1 - p)]``
+    where the log is not clamped, and 0 where it is (torch: ``log p <= -100``; keras: ``p`` outside the
+    clip range, as Keras' clip does). PyTorch's own backward instead divides by ``max(p (1 - p), 1e-12)``,
+    which differs for ``p < 1e-12``. ``d l / d y = -w [log p - log(1 - p)]`` (clamped logs).
+
+    Shapes: ``input`` and ``target`` alike; ``weight`` broadcastable to them.
+    """
+    log_p, log_q, _, _ = _bce_logs(xp, input, clamp)
+    out = -(xmul(target, log_p, xp=xp) + xmul(1 - target, log_q, xp=xp))
+    return out if weight is None else xmul(weight * xp.ones_like(out), out, xp=xp)
+
+
+@binary_cross_entropy.defvjp
+def _binary_cross_entropy_vjp(xp, cot, input, target, *, weight, clamp):
+    log_p, log_q, live_p, live_q = _bce_logs(xp, input, clamp)
+    g = cot * (1 if weight is None else weight)
+    d_input = _safe_ratio(xp, 1 - target, 1 - input, live_q & (target != 1)) - _safe_ratio(
+        xp, target, input, live_p & (target != 0)
+    )
+    d_target = log_q - log_p
+    return g * d_input, g * d_target
+
+
+_POS_WEIGHT = Param(
+    "pos_weight", None, kind="array", shape="broadcast", nullable=True, low=0.0, grid=(SAMPLE,),
+    domain=D.class_weights, doc="weight of the positive term, broadcast along the last (class) axis",
+)
+
+
+@loss(
+    family="classification",
+    inputs=[Input("logits", domain=D.logits), Input("target", domain=D.binary_targets, doc="targets in [0, 1]")],
+    params=[_ELEMENT_WEIGHT, _POS_WEIGHT],
+    counterparts={
+        "torch": "torch.nn.functional.binary_cross_entropy_with_logits",
+        "optax": "optax.losses.sigmoid_binary_cross_entropy (no weights)",
+        "keras": "keras.losses.BinaryCrossentropy(from_logits=True) (mean over the last axis)",
+        "tf": "tf.nn.sigmoid_cross_entropy_with_logits / tf.nn.weighted_cross_entropy_with_logits",
+    },
+    references=["PyTorch Loss.cpp (binary_cross_entropy_with_logits)"],
+)
+def binary_cross_entropy_with_logits(xp, logits, target, *, weight, pos_weight):
+    """Binary cross-entropy on logits: ``l = w [pw y softplus(-x) + (1 - y) softplus(x)]``.
+
+    That is ``-w [pw y log sigma(x) + (1 - y) log sigma(-x)]``, with ``pw`` = ``pos_weight``. Exact at
+    infinite logits: ``x = +inf, y = 1`` gives 0 (PyTorch, optax and tf.nn give NaN there).
+
+    Gradients: ``d l / d x = w [(1 - y) sigma(x) - pw y sigma(-x)]``; ``d l / d y = w [pw softplus(-x) -
+    softplus(x)]``.
+
+    Shapes: ``logits`` and ``target`` alike; ``weight`` and ``pos_weight`` broadcastable to them.
+    """
+    out = _weighted_binary_terms(xp, logits, target, _optional(pos_weight, 1.0), 1.0)
+    return out if weight is None else weight * out
+
+
+@binary_cross_entropy_with_logits.defvjp
+def _bce_with_logits_vjp(xp, cot, logits, target, *, weight, pos_weight):
+    pw = _optional(pos_weight, 1.0)
+    g = cot * _optional(weight, 1.0)
+    return (
+        g * _weighted_binary_grad_x(xp, logits, target, pw, 1.0),
+        g * _weighted_binary_grad_y(xp, logits, target, pw, 1.0),
+    )
+
+
+@loss(
+    family="classification",
+    inputs=[Input("logits", domain=D.logits), Input("target", domain=D.binary_targets, doc="targets in [0, 1]")],
+    params=[Param("beta", 1.0, low=0.0, low_open=True, grid=(0.3, 4.0), doc="weight of the positive term")],
+    counterparts={
+        "torch": "torch.nn.functional.binary_cross_entropy_with_logits(pos_weight=beta)",
+        "tf": "tf.nn.weighted_cross_entropy_with_logits(pos_weight=beta)",
+    },
+    references=["003 seed, Weighted Binary Cross-Entropy"],
+)
+def weighted_binary_cross_entropy(xp, logits, target, *, beta):
+    """Weighted binary cross-entropy (003 seed): ``l = -[beta y log p + (1 - y) log(1 - p)]``, ``p = sigma(x)``.
+
+    ``beta > 1`` up-weights the (rare) positives. Computed from logits as
+    ``beta y softplus(-x) + (1 - y) softplus(x)``.
+
+    Gradients: ``d l / d x = (1 - y) sigma(x) - beta y sigma(-x)``; ``d l / d y = beta softplus(-x) - softplus(x)``.
+    """
+    return _weighted_binary_terms(xp, logits, target, beta, 1.0)
+
+
+@weighted_binary_cross_entropy.defvjp
+def _weighted_bce_vjp(xp, cot, logits, target, *, beta):
+    return (
+        cot * _weighted_binary_grad_x(xp, logits, target, beta, 1.0),
+        cot * _weighted_binary_grad_y(xp, logits, target, beta, 1.0),
+    )
+
+
+def _hed_beta(xp, target, per):
+    """beta = |Y-| / |Y| = 1 - sum(y) / count: over the whole batch tensor or per sample."""
+    if per == "batch" or target.ndim < 2:
+        return 1 - xp.mean(target)
+    axes = tuple(range(1, target.ndim))
+    return 1 - xp.mean(target, axis=axes, keepdims=True)
+
+
+@loss(
+    family="classification",
+    inputs=[
+        Input("logits", shape="N *", domain=D.logits),
+        Input("target", shape="N *", differentiable=False, values=(0.0, 1.0), domain=D.hard_binary_targets, doc="0/1 labels"),
+    ],
+    params=[
+        Param("per", "batch", kind="choice", choices=("batch", "sample"), grid=("sample",),
+              doc="beta counted over the whole batch (tensorpack) or per sample (HED paper, per image)"),
+    ],
+    counterparts={"tensorpack": "examples/HED/hed.py class_balanced_sigmoid_cross_entropy"},
+    references=["Xie & Tu, Holistically-Nested Edge Detection, ICCV 2015", "003 seed, Balanced Cross-Entropy"],
+)
+def balanced_binary_cross_entropy(xp, logits, target, *, per):
+    """Class-balanced (HED) binary cross-entropy, ``beta = |Y-| / |Y| = 1 - sum(y) / count``::
+
+        l = -[beta y log sigma(x) + (1 - beta)(1 - y) log(1 - sigma(x))]
+
+    ``beta`` is a function of the labels and is a constant in the backward pass (as in HED and
+    tensorpack). With no positive label, ``beta = 1`` and the loss is 0 (tensorpack's rule).
+
+    Gradient: ``d l / d x = (1 - beta)(1 - y) sigma(x) - beta y sigma(-x)``.
+    """
+    beta = _hed_beta(xp, target, per)
+    return _weighted_binary_terms(xp, logits, target, beta, 1 - beta)
+
+
+@balanced_binary_cross_entropy.defvjp
+def _balanced_bce_vjp(xp, cot, logits, target, *, per):
+    beta = _hed_beta(xp, target, per)
+    return cot * _weighted_binary_grad_x(xp, logits, target, beta, 1 - beta), None
+
+
+# ------------------------------------------------------------------------------------------------
+# Focal losses.
+
+_GAMMA = Param("gamma", 2.0, low=0.0, grid=(0.0, 0.5, 1.0, 3.0), doc="focusing exponent (0 gives cross-entropy)")
+
+
+def _focal_weights(alpha):
+    return (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
+
+
+@loss(
+    family="classification",
+    inputs=[Input("logits", domain=D.logits), Input("target", differentiable=False, values=(0.0, 1.0), domain=D.binary_targets)],
+    params=[
+        Param("alpha", 0.25, low=0.0, high=1.0, nullable=True, grid=(None, 0.5), doc="positive-class weight; None: no weighting"),
+        _GAMMA,
+    ],
+    counterparts={
+        "torchvision": "torchvision.ops.sigmoid_focal_loss (same for hard labels)",
+        "optax": "optax.losses.sigmoid_focal_loss(alpha=None by default)",
+        "keras": "keras.losses.BinaryFocalCrossentropy(apply_class_balancing=...)",
+    },
+    references=["Lin et al., Focal Loss for Dense Object Detection, ICCV 2017", "003 seed, Focal Loss"],
+)
+def sigmoid_focal_loss(xp, logits, target, *, alpha, gamma):
+    """Sigmoid focal loss, the 003 seed's form (linear in soft targets), with ``p = sigma(x)``, ``q = sigma(-x)``::
+
+        l = alpha y q^gamma softplus(-x) + (1 - alpha)(1 - y) p^gamma softplus(x)
+
+    i.e. ``-[alpha (1-p)^gamma y log p + (1-alpha) p^gamma (1-y) log(1-p)]``; ``alpha=None`` weights
+    both terms by 1. Equal to torchvision/optax for 0/1 targets. ``0^0 = 1``.
+
+    Gradient (no negative power of ``q`` or ``p``, so finite for every ``gamma >= 0`` at any logit)::
+
+        d l / d x = -alpha y q^gamma (q + gamma p softplus(-x)) + (1 - alpha)(1 - y) p^gamma (p + gamma q softplus(x))
+    """
+    a_pos, a_neg = _focal_weights(alpha)
+    p, q = sigmoid(logits, xp=xp), sigmoid(-logits, xp=xp)
+    return _weighted_binary_terms(xp, logits, target, a_pos * q**gamma, a_neg * p**gamma)
+
+
+@sigmoid_focal_loss.defvjp
+def _sigmoid_focal_vjp(xp, cot, logits, target, *, alpha, gamma):
+    a_pos, a_neg = _focal_weights(alpha)
+    p, q = sigmoid(logits, xp=xp), sigmoid(-logits, xp=xp)
+    pos = a_pos * target * q**gamma * (q + gamma * xmul(p, softplus(-logits, xp=xp), xp=xp))
+    neg = a_neg * (1 - target) * p**gamma * (p + gamma * xmul(q, softplus(logits, xp=xp), xp=xp))
+    return cot * (neg - pos), None
+
+
+def _focal_parts(xp, logits, target):
+    """``(lsm_t, m = 1 - p_t, r = lsm_t / expm1(lsm_t))`` with ``r = 1`` at ``p_t = 1``."""
+    lsm_t = take_along_axis(log_softmax(logits, axis=1, xp=xp), target, axis=1, xp=xp)
+    em1 = xp.expm1(lsm_t)
+    sure = lsm_t == 0
+    r = xp.where(sure, xp.ones_like(lsm_t), lsm_t / xp.where(sure, -xp.ones_like(em1), em1))
+    return lsm_t, -em1, r
+
+
+@loss(
+    family="classification",
+    inputs=[_SCORES, _LABELS_NO_IGNORE],
+    params=[Param("alpha", 1.0, low=0.0, grid=(0.25,), doc="overall weight (kornia's examples use 0.25)"), _GAMMA, _AXIS],
+    class_axis=True,
+    check=_at_least_two_classes,
+    counterparts={"kornia": "kornia.losses.focal_loss", "monai": "monai.losses.FocalLoss(use_softmax=True)"},
+    references=["Lin et al., ICCV 2017 (multi-class form)"],
+)
+def softmax_focal_loss(xp, logits, target, *, alpha, gamma, axis):
+    """Softmax focal loss: ``l_n = -alpha (1 - p_t)^gamma log p_t`` with ``p_t = softmax(z)[y_n]``.
+
+    ``1 - p_t`` is ``-expm1(lsm_t)`` (exact for ``p_t`` near 1). ``gamma = 0`` gives ``alpha * CE``.
+
+    Gradient, with ``m = 1 - p_t`` and ``r = -log p_t / (1 - p_t)`` (-> 1 as ``p_t -> 1``)::
+
+        d l / d z = alpha m^gamma (1 + gamma p_t r) (p - onehot(y))
+
+    which has no negative power of ``m``, so it is finite for every ``gamma >= 0``.
+    """
+    lsm_t, m, _ = _focal_parts(xp, logits, target)
+    return alpha * m**gamma * (-lsm_t)
+
+
+@softmax_focal_loss.defvjp
+def _softmax_focal_vjp(xp, cot, logits, target, *, alpha, gamma, axis):
+    lsm_t, m, r = _focal_parts(xp, logits, target)
+    scale = alpha * m**gamma * (1 + gamma * xmul(xp.exp(lsm_t), r, xp=xp))
+    p = softmax(logits, axis=1, xp=xp)
+    hot = one_hot(target, logits.shape[1], axis=1, dtype=p.dtype, xp=xp)
+    return _expand(xp, cot * scale) * (p - hot), None
+
+
+# ------------------------------------------------------------------------------------------------
+# Divergences.
+
+
+def _kl_parts(xp, input, target, log_target):
+    """``(weight, log_weight, live)``: the target as a probability, its log, and where it is nonzero."""
+    if log_target:
+        prob = xp.exp(target)
+        return prob, target, prob > 0
+    return target, safe_log(target, xp=xp), target > 0
+
+
+@loss(
+    family="classification",
+    inputs=[
+        Input("input", domain=D.log_probabilities, shape="N *", doc="log-probabilities log q"),
+        Input("target", domain=D.distributions, shape="N *", doc="probabilities p (log p with log_target)"),
+    ],
+    params=[Param("log_target", False, kind="bool", grid=(True,), doc="target given as log-probabilities")],
+    counterparts={
+        "torch": "torch.nn.functional.kl_div",
+        "optax": "optax.losses.kl_divergence / kl_divergence_with_log_targets (sum over axis: reduction='batchmean')",
+        "keras": "keras.losses.KLDivergence (probability inputs, clipped to [1e-7, 1])",
+    },
+    references=["PyTorch Loss.cpp (kl_div)"],
+)
+def kl_div(xp, input, target, *, log_target):
+    """Pointwise Kullback-Leibler divergence ``l = p (log p - x)``, ``x = log q`` (PyTorch ``kl_div``).
+
+    ``p = 0`` contributes 0 even where ``x = -inf`` (the limit; PyTorch and optax give NaN). With
+    ``log_target``, ``l = exp(t) (t - x)``. ``reduction='batchmean'`` gives the KL per sample; PyTorch's
+    ``mean`` divides by every element.
+
+    Gradients: ``d l / d x = -p``; ``d l / d p = log p + 1 - x`` (``d l / d t = exp(t) (t + 1 - x)``
+    with ``log_target``); at ``p = 0`` the target derivative is ``-inf`` (``log_target``: 0).
+    """
+    prob, log_prob, live = _kl_parts(xp, input, target, log_target)
+    zero = xp.zeros_like(input * prob)
+    return xp.where(live, prob * (xp.where(live, log_prob, zero) - xp.where(live, input, zero)), zero)
+
+
+@kl_div.defvjp
+def _kl_div_vjp(xp, cot, input, target, *, log_target):
+    prob, log_prob, live = _kl_parts(xp, input, target, log_target)
+    zero = xp.zeros_like(input * prob)
+    inner = xp.where(live, xp.where(live, log_prob, zero) + 1 - xp.where(live, input, zero), zero)
+    d_target = prob * inner if log_target else xp.where(live, inner, -math.inf + zero)
+    return cot * (-prob), cot * d_target
+
+
+def _half_log_ratio_terms(xp, p, q):
+    """``(s, delta)`` with ``s = p + q`` and ``delta = (p - q) / s`` (0 where ``s = 0``)."""
+    s = p + q
+    live = s > 0
+    return s, xp.where(live, (p - q) / xp.where(live, s, xp.ones_like(s)), xp.zeros_like(s))
+
+
+_JS_SERIES = tuple(1.0 / (2 * k * (2 * k - 1)) for k in range(1, 12))
+
+
+def _js_h(xp, d):
+    """``h(d) = [(1 + d) log(1 + d) + (1 - d) log(1 - d)] / 2 = sum_k d^(2k) / (2k (2k - 1))``.
+
+    The series for ``|d| < 0.25`` (no cancellation when ``p ~ q``), the closed form elsewhere.
+    """
+    small = xp.abs(d) < 0.25
+    ds = xp.where(small, d, xp.zeros_like(d))
+    d2 = ds * ds
+    series = xp.zeros_like(d)
+    for c in reversed(_JS_SERIES):
+        series = (series + c) * d2
+    db = xp.where(small, xp.zeros_like(d), d)
+    closed = (xmul(1 + db, xp.log1p(db), xp=xp) + xmul(1 - db, log1m(db, xp=xp), xp=xp)) / 2
+    return xp.where(small, series, closed)
+
+
+@loss(
+    family="classification",
+    inputs=[
+        Input("p", shape="N C *", values=(0.0, math.inf), domain=D.distributions, doc="probabilities"),
+        Input("q", shape="N C *", values=(0.0, math.inf), domain=D.distributions, doc="probabilities"),
+    ],
+    params=[_AXIS],
+    class_axis=True,
+    counterparts={},
+    references=["Lin, Divergence measures based on the Shannon entropy, IEEE Trans. Inf. Theory 1991"],
+)
+def jensen_shannon_divergence(xp, p, q, *, axis):
+    """Jensen-Shannon divergence (nats): ``JS = KL(p || m) / 2 + KL(q || m) / 2``, ``m = (p + q) / 2``.
+
+    Per class, with ``s = p + q`` and ``d = (p - q) / s``, the two terms sum to ``s h(d)`` where
+    ``h(d) = [(1 + d) log(1 + d) + (1 - d) log(1 - d)] / 2``; ``h`` is summed as its series near
+    ``d = 0``, so ``JS`` keeps full relative precision when ``p`` and ``q`` are close.
+    ``JS = sum_c s_c h(d_c) / 2`` over the class axis, in ``[0, log 2]``.
+
+    Gradients: ``d JS / d p_c = log(2 p_c / (p_c + q_c)) / 2 = log(1 + d_c) / 2``, and
+    ``d JS / d q_c = log(1 - d_c) / 2`` (``-inf`` where that probability is 0).
+    """
+    s, d = _half_log_ratio_terms(xp, p, q)
+    return xp.sum(s * _js_h(xp, d), axis=1) / 2
+
+
+@jensen_shannon_divergence.defvjp
+def _js_vjp(xp, cot, p, q, *, axis):
+    _, d = _half_log_ratio_terms(xp, p, q)
+    g = _expand(xp, cot) / 2
+    return g * log1m(-d, xp=xp), g * log1m(d, xp=xp)
+
+
+# ------------------------------------------------------------------------------------------------
+# From hinge to cross-entropy (001 seed): each step a registered loss.
+
+_HINGE_SCORES = Input("logits", shape="N C", domain=D.logits, doc="class scores z")
+_HINGE_LABELS = Input("target", dtype="int", shape="N", differentiable=False, classes="C", domain=D.class_indices)
+
+
+def _margin(default, grid):
+    return Param("margin", default, low=0.0, grid=grid, doc="margin m")
+
+
+def _target_score(xp, logits, target):
+    return take_along_axis(logits, target, axis=1, xp=xp)
+
+
+def _others(xp, logits, target):
+    """``(onehot, scores with the target masked to -inf)``."""
+    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
+    return hot, xp.where(hot, -math.inf, logits)
+
+
+@loss(
+    family="classification",
+    inputs=[_HINGE_SCORES, _HINGE_LABELS],
+    params=[_margin(1.0, (0.0, 2.5))],
+    check=_at_least_two_classes,
+    counterparts={"torch": "C * torch.nn.functional.multi_margin_loss(p=1) (PyTorch divides by C)"},
+    references=["Weston & Watkins, Support vector machines for multi-class pattern recognition, 1999", "001 seed"],
+)
+def multiclass_hinge_loss(xp, logits, target, *, margin):
+    """Multi-class hinge: ``l = sum_{i != y} max(z_i - z_y + m, 0)``.
+
+    Gradient (subgradient 0 at the kink, as PyTorch): with ``a_i = [z_i - z_y + m > 0]`` for
+    ``i != y``, ``d l / d z_i = a_i`` and ``d l / d z_y = -sum_i a_i``.
+    """
+    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
+    u = logits - _expand(xp, _target_score(xp, logits, target)) + margin
+    return xp.sum(xp.where(hot, xp.zeros_like(u), xp.maximum(u, 0.0)), axis=1)
+
+
+@multiclass_hinge_loss.defvjp
+def _multiclass_hinge_vjp(xp, cot, logits, target, *, margin):
+    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
+    u = logits - _expand(xp, _target_score(xp, logits, target)) + margin
+    active = xp.astype((u > 0) & ~hot, logits.dtype)
+    grad = active - xp.astype(hot, logits.dtype) * xp.sum(active, axis=1, keepdims=True)
+    return _expand(xp, cot) * grad, None
+
+
+@loss(
+    family="classification",
+    inputs=[_HINGE_SCORES, _HINGE_LABELS],
+    params=[_margin(1.0, (0.0, 0.3))],
+    check=_at_least_two_classes,
+    counterparts={"optax": "optax.losses.multiclass_hinge_loss (margin 1)"},
+    references=["Crammer & Singer, On the algorithmic implementation of multiclass kernel-based vector machines, JMLR 2001", "001 seed"],
+)
+def crammer_singer_hinge_loss(xp, logits, target, *, margin):
+    """Max-violation hinge: ``l = max(max_{i != y} z_i - z_y + m, 0)``.
+
+    Gradient: where the hinge is active, ``+1`` shared equally among the tied largest non-target
+    scores (the convention of ``jnp.max`` and ``torch.amax``) and ``-1`` on ``z_y``; 0 otherwise.
+    """
+    _, others = _others(xp, logits, target)
+    return xp.maximum(xp.max(others, axis=1) - _target_score(xp, logits, target) + margin, 0.0)
+
+
+@crammer_singer_hinge_loss.defvjp
+def _crammer_singer_vjp(xp, cot, logits, target, *, margin):
+    hot, others = _others(xp, logits, target)
+    top = xp.max(others, axis=1, keepdims=True)
+    active = _expand(xp, xp.astype(xp.squeeze(top, axis=1) - _target_score(xp, logits, target) + margin > 0, logits.dtype))
+    ties = xp.astype(others == top, logits.dtype)
+    share = ties / xp.sum(ties, axis=1, keepdims=True)
+    return _expand(xp, cot) * active * (share - xp.astype(hot, logits.dtype)), None
+
+
+def _lse_margin(xp, logits, target, scale, margin):
+    """``(u, q, hot)``: ``u = LSE_{i != y}(s z_i) - s (z_y - m)``, ``q`` the softmax over the non-target ``s z``."""
+    hot, others = _others(xp, scale * logits, target)
+    lse = logsumexp(others, axis=1, xp=xp)
+    u = lse - scale * (_target_score(xp, logits, target) - margin)
+    q = xp.exp(others - _expand(xp, lse))
+    return u, q, xp.astype(hot, logits.dtype)
+
+
+@loss(
+    family="classification",
+    inputs=[_HINGE_SCORES, _HINGE_LABELS],
+    params=[_margin(0.0, (0.5,))],
+    check=_at_least_two_classes,
+    counterparts={},
+    references=["001 seed (LogSumExp as the smooth max)"],
+)
+def logsumexp_hinge_loss(xp, logits, target, *, margin):
+    """Hinge on the smooth maximum: ``l = max(log sum_{i != y} exp(z_i) - z_y + m, 0)``.
+
+    Gradient where active: ``softmax over the non-target scores`` on ``z_i`` (summing to 1) and
+    ``-1`` on ``z_y``; 0 elsewhere (and at the kink).
+    """
+    u, _, _ = _lse_margin(xp, logits, target, 1.0, margin)
+    return xp.maximum(u, 0.0)
+
+
+@logsumexp_hinge_loss.defvjp
+def _lse_hinge_vjp(xp, cot, logits, target, *, margin):
+    u, q, hot = _lse_margin(xp, logits, target, 1.0, margin)
+    return _expand(xp, cot * xp.astype(u > 0, logits.dtype)) * (q - hot), None
+
+
+@loss(
+    family="classification",
+    inputs=[_HINGE_SCORES, _HINGE_LABELS],
+    params=[],
+    check=_at_least_two_classes,
+    counterparts={"torch": "torch.nn.functional.cross_entropy (identical)"},
+    references=["001 seed: softplus smoothing of the LogSumExp hinge gives softmax cross-entropy"],
+)
+def softplus_logsumexp_loss(xp, logits, target):
+    """The LogSumExp hinge smoothed by softplus: ``l = softplus(log sum_{i != y} exp(z_i) - z_y)``.
+
+    Algebraically ``log(1 + sum_{i != y} e^{z_i} / e^{z_y}) = -log softmax(z)_y``: softmax
+    cross-entropy, reached by smoothing max twice (the 001 seed's derivation; a test checks it).
+
+    Gradient: ``sigma(u) (q - onehot(y))`` with ``u`` the argument of softplus and ``q`` the softmax
+    over the non-target scores; ``sigma(u) q_i = p_i`` and ``sigma(u) = 1 - p_y``, i.e. ``p - onehot``.
+    """
+    u, _, _ = _lse_margin(xp, logits, target, 1.0, 0.0)
+    return softplus(u, xp=xp)
+
+
+@softplus_logsumexp_loss.defvjp
+def _softplus_lse_vjp(xp, cot, logits, target):
+    u, q, hot = _lse_margin(xp, logits, target, 1.0, 0.0)
+    return _expand(xp, cot * sigmoid(u, xp=xp)) * (q - hot), None
+
+
+@loss(
+    family="classification",
+    inputs=[Input("logits", shape="N C", domain=D.logits, doc="class scores, typically cosines in [-1, 1]"), _HINGE_LABELS],
+    params=[
+        Param("scale", 30.0, low=0.0, low_open=True, grid=(1.0,), doc="s"),
+        Param("margin", 0.35, grid=(0.0, 1.0), doc="additive margin m (may be negative)"),
+    ],
+    check=_at_least_two_classes,
+    counterparts={},
+    references=["001 seed: softplus(LSE(s z_i; i != y) - s (z_y - m))", "Wang et al., Additive Margin Softmax, 2018"],
+)
+def additive_margin_softplus_loss(xp, logits, target, *, scale, margin):
+    """Additive-margin smooth hinge: ``l = softplus(LSE_{i != y}(s z_i) - s (z_y - m))``.
+
+    Equal to ``-log(e^{s(z_y - m)} / (e^{s(z_y - m)} + sum_{i != y} e^{s z_i}))``: AM-Softmax/CosFace
+    when ``z`` are cosines; plain cross-entropy at ``s = 1, m = 0``.
+
+    Gradient: ``s sigma(u) (q - onehot(y))``, ``q`` the softmax over the non-target ``s z_i``.
+    """
+    u, _, _ = _lse_margin(xp, logits, target, scale, margin)
+    return softplus(u, xp=xp)
+
+
+@additive_margin_softplus_loss.defvjp
+def _am_softplus_vjp(xp, cot, logits, target, *, scale, margin):
+    u, q, hot = _lse_margin(xp, logits, target, scale, margin)
+    return _expand(xp, cot * scale * sigmoid(u, xp=xp)) * (q - hot), None
+
+
+# ------------------------------------------------------------------------------------------------
+# PyTorch's margin losses.
+
+
+@loss(
+    family="classification",
+    inputs=[Input("input", domain=D.logits), Input("target", differentiable=False, domain=D.signs, doc="labels in {-1, 1}")],
+    counterparts={"torch": "torch.nn.functional.soft_margin_loss (computed naively: inf in float32 for -yx > 88)"},
+    references=["PyTorch Loss.cpp (soft_margin_loss)"],
+)
+def soft_margin_loss(xp, input, target):
+    """Two-class logistic loss: ``l = log(1 + exp(-y x)) = softplus(-y x)``, without overflow.
+
+    Gradient: ``d l / d x = -y sigma(-y x)``.
+    """
+    return softplus(-target * input, xp=xp)
+
+
+@soft_margin_loss.defvjp
+def _soft_margin_vjp(xp, cot, input, target):
+    return cot * (-target) * sigmoid(-target * input, xp=xp), None
+
+
+@loss(
+    family="classification",
+    inputs=[
+        Input("input", shape="N C", domain=D.logits),
+        Input("target", shape="N C", differentiable=False, values=(0.0, 1.0), domain=D.hard_binary_targets, doc="0/1 labels"),
+    ],
+    params=[_CLASS_WEIGHT],
+    counterparts={"torch": "torch.nn.functional.multilabel_soft_margin_loss"},
+    references=["PyTorch torch/nn/functional.py (multilabel_soft_margin_loss)"],
+)
+def multilabel_soft_margin_loss(xp, input, target, *, weight):
+    """One-vs-all logistic loss averaged over classes::
+
+        l_n = (1 / C) sum_c w_c [y_c softplus(-x_c) + (1 - y_c) softplus(x_c)]
+
+    Gradient: ``d l_n / d x_c = (w_c / C) [(1 - y_c) sigma(x_c) - y_c sigma(-x_c)]``.
+    """
+    w = _per_class(xp, weight, input)
+    return xp.sum(w * _weighted_binary_terms(xp, input, target, 1.0, 1.0), axis=1) / input.shape[1]
+
+
+@multilabel_soft_margin_loss.defvjp
+def _multilabel_soft_margin_vjp(xp, cot, input, target, *, weight):
+    w = _per_class(xp, weight, input)
+    grad = w * _weighted_binary_grad_x(xp, input, target, 1.0, 1.0) / input.shape[1]
+    return _expand(xp, cot) * grad, None
+
+
+@loss(
+    family="classification",
+    inputs=[Input("input", shape="N C", domain=D.logits), _HINGE_LABELS],
+    params=[
+        Param("p", 1, kind="choice", choices=(1, 2), grid=(2,), doc="exponent of the hinge"),
+        Param("margin", 1.0, grid=(0.5,), doc="margin (any real, as PyTorch)"),
+        _CLASS_WEIGHT,
+    ],
+    counterparts={"torch": "torch.nn.functional.multi_margin_loss"},
+    references=["PyTorch aten/src/ATen/native/LossMultiMargin.cpp"],
+)
+def multi_margin_loss(xp, input, target, *, p, margin, weight):
+    """PyTorch's multi-class margin loss: ``l_n = (1 / C) sum_{i != y} w[y] max(0, margin - x_y + x_i)^p``.
+
+    ``mean`` divides by ``N`` even with class weights (PyTorch).
+
+    Gradient: with ``u_i = margin - x_y + x_i``, ``d l / d x_i = w[y] p u_i^(p-1) [u_i > 0] / C`` for
+    ``i != y``, and ``d l / d x_y`` is minus their sum.
+    """
+    hot = one_hot(target, input.shape[1], axis=1, xp=xp)
+    u = margin - _expand(xp, _target_score(xp, input, target)) + input
+    h = xp.where(hot, xp.zeros_like(u), xp.maximum(u, 0.0)) ** p
+    w_y = _target_weight(xp, weight, target, None, input)
+    return w_y * xp.sum(h, axis=1) / input.shape[1]
+
+
+@multi_margin_loss.defvjp
+def _multi_margin_vjp(xp, cot, input, target, *, p, margin, weight):
+    hot = one_hot(target, input.shape[1], axis=1, xp=xp)
+    u = margin - _expand(xp, _target_score(xp, input, target)) + input
+    active = (u > 0) & ~hot
+    d = xp.where(active, p * xp.where(active, u, xp.ones_like(u)) ** (p - 1), xp.zeros_like(u))
+    grad = d - xp.astype(hot, input.dtype) * xp.sum(d, axis=1, keepdims=True)
+    w_y = _target_weight(xp, weight, target, None, input)
+    return _expand(xp, cot * w_y / input.shape[1]) * grad, None
+
+
+def _multilabel_parts(xp, input, target):
+    """``(h, valid, is_target, hot)`` over ``(N, J, I)``: the hinge ``1 - x[y_j] + x_i`` per listed target ``j``."""
+    c = input.shape[1]
+    valid = xp.cumulative_sum(xp.astype(target < 0, xp.int64), axis=1) == 0
+    safe = xp.where(valid, target, xp.zeros_like(target))
+    hot = one_hot(safe, c, axis=-1, xp=xp) & xp.expand_dims(valid, axis=2)  # (N, J, C)
+    is_target = xp.any(hot, axis=1)  # (N, C)
+    x_t = xp.sum(xp.where(hot, xp.expand_dims(input, axis=1), 0.0), axis=2)
+    h = 1 - xp.expand_dims(x_t, axis=2) + xp.expand_dims(input, axis=1)
+    pair = xp.expand_dims(valid, axis=2) & xp.expand_dims(~is_target, axis=1)
+    return h, pair, hot
+
+
+@loss(
+    family="classification",
+    inputs=[
+        Input("input", shape="N C", domain=D.logits),
+        Input("target", dtype="int", shape="N C", differentiable=False, classes="C", extra_labels=(-1,),
+              domain=D.multilabel_indices, doc="class indices, then -1 padding"),
+    ],
+    counterparts={"torch": "torch.nn.functional.multilabel_margin_loss"},
+    references=["PyTorch aten/src/ATen/native/LossMultiLabelMargin.cpp"],
+)
+def multilabel_margin_loss(xp, input, target):
+    """PyTorch's multi-label hinge: ``l_n = sum_{j in Y} sum_{i not in Y} max(0, 1 - (x[j] - x[i])) / C``.
+
+    ``Y`` is the list of class indices in ``target[n]`` before its first ``-1`` (entries after it are
+    ignored; a listed duplicate counts twice, as in PyTorch's loop).
+
+    Gradient: each active pair ``(j, i)`` adds ``1 / C`` to ``d l / d x[i]`` and ``-1 / C`` to ``d l / d x[j]``.
+    """
+    h, pair, _ = _multilabel_parts(xp, input, target)
+    return xp.sum(xp.where(pair, xp.maximum(h, 0.0), xp.zeros_like(h)), axis=(1, 2)) / input.shape[1]
+
+
+@multilabel_margin_loss.defvjp
+def _multilabel_margin_vjp(xp, cot, input, target):
+    h, pair, hot = _multilabel_parts(xp, input, target)
+    active = xp.astype(pair & (h > 0), input.dtype)  # (N, J, I)
+    per_j = xp.sum(active, axis=2)  # (N, J)
+    to_targets = xp.sum(xp.astype(hot, input.dtype) * xp.expand_dims(per_j, axis=2), axis=1)  # (N, C)
+    grad = (xp.sum(active, axis=1) - to_targets) / input.shape[1]
+    return _expand(xp, cot) * grad, None

@@ -1,0 +1,202 @@
+"""The array-API shim: which namespace the inputs live in, and the few primitives losses need that the
+standard (2023.12) lacks.
+
+Every function takes arrays of any array-API namespace (NumPy, CuPy, array-api-strict, PyTorch, JAX,
+Dask, HIPS-autograd boxes) and returns arrays of the same namespace. Each primitive has exactly one
+portable definition here; losses never call NumPy directly.
+
+Conventions shared by all primitives:
+
+- ``0 * anything = 0`` where a weight is exactly zero (:func:`xmul`, :func:`xlogy`): a zero-probability
+  class contributes nothing, even next to a ``-inf`` log-probability. This is the mathematical limit,
+  and it is what keeps valid inputs free of ``0 * inf = nan``.
+- No branch of a ``where`` is evaluated on an input that would make it warn or overflow: the unused
+  branch gets a harmless stand-in ("double where").
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import array_api_compat
+
+__all__ = [
+    "namespace",
+    "is_floating",
+    "is_integer",
+    "logsumexp",
+    "log_softmax",
+    "softmax",
+    "softplus",
+    "log_sigmoid",
+    "sigmoid",
+    "xlogy",
+    "xmul",
+    "safe_log",
+    "log1m",
+    "one_hot",
+    "take_along_axis",
+    "to_numpy",
+]
+
+
+def _autograd_box_type():
+    # autograd is optional: only look for its Box type if the user already imported it.
+    extend = sys.modules.get("autograd.extend")
+    if extend is None:
+        return None
+    return extend.Box
+
+
+def namespace(*arrays):
+    """The array-API namespace of ``arrays`` (``None`` and Python scalars are ignored).
+
+    NumPy arrays give ``array_api_compat.numpy``; arrays of a compliant library give that library.
+    HIPS-autograd boxes give ``autograd.numpy`` (plain NumPy arrays next to a box are treated as
+    constants of the same computation). Arrays of two different libraries raise ``TypeError``.
+    """
+    box = _autograd_box_type()
+    if box is not None and any(isinstance(a, box) for a in arrays):
+        import autograd.numpy as anp
+
+        return anp
+    candidates = [a for a in arrays if a is not None and not isinstance(a, (bool, int, float, complex))]
+    if not candidates:
+        raise TypeError("refloss: no array among the inputs; pass arrays (NumPy, CuPy, array-api-strict, ...)")
+    try:
+        return array_api_compat.array_namespace(*candidates)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__ + "." + type(a).__qualname__ for a in candidates})
+        raise TypeError(
+            "refloss: all inputs must come from one array library; got " + ", ".join(kinds) + f" ({exc})"
+        ) from None
+
+
+def is_floating(xp, x) -> bool:
+    """True if ``x`` has a real floating dtype."""
+    return xp.isdtype(x.dtype, "real floating")
+
+
+def is_integer(xp, x) -> bool:
+    """True if ``x`` has a (signed or unsigned) integer dtype."""
+    return xp.isdtype(x.dtype, "integral")
+
+
+def _nonfinite_to_zero(xp, m):
+    return xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+
+
+def logsumexp(x, /, *, axis=-1, keepdims=False, xp=None):
+    """``log(sum(exp(x), axis))``, shifted by the row maximum so nothing overflows.
+
+    A row of all ``-inf`` gives ``-inf`` (not NaN); a row containing ``+inf`` gives ``+inf``;
+    NaN propagates.
+    """
+    xp = namespace(x) if xp is None else xp
+    m = _nonfinite_to_zero(xp, xp.max(x, axis=axis, keepdims=True))
+    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else xp.squeeze(out, axis=axis)
+
+
+def log_softmax(x, /, *, axis=-1, xp=None):
+    """``x - logsumexp(x)`` along ``axis``; exact for a ``-inf`` entry next to finite ones."""
+    xp = namespace(x) if xp is None else xp
+    return x - logsumexp(x, axis=axis, keepdims=True, xp=xp)
+
+
+def softmax(x, /, *, axis=-1, xp=None):
+    """``exp(log_softmax(x))``: rows sum to one, no overflow at any magnitude."""
+    xp = namespace(x) if xp is None else xp
+    return xp.exp(log_softmax(x, axis=axis, xp=xp))
+
+
+def softplus(x, /, *, xp=None):
+    """``log(1 + exp(x))`` without overflow (``logaddexp(x, 0)``)."""
+    xp = namespace(x) if xp is None else xp
+    return xp.logaddexp(x, xp.zeros_like(x))
+
+
+def log_sigmoid(x, /, *, xp=None):
+    """``log(sigmoid(x)) = -softplus(-x)``, exact in both tails."""
+    xp = namespace(x) if xp is None else xp
+    return -softplus(-x, xp=xp)
+
+
+def sigmoid(x, /, *, xp=None):
+    """``1 / (1 + exp(-x))`` evaluated as ``e / (1 + e)`` with ``e = exp(-|x|)`` on the negative
+    side, so neither tail overflows and ``sigmoid(-x) = 1 - sigmoid(x)`` holds without cancellation."""
+    xp = namespace(x) if xp is None else xp
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def safe_log(x, /, *, xp=None):
+    """``log(x)`` with ``log(0) = -inf`` and no floating-point warning."""
+    xp = namespace(x) if xp is None else xp
+    positive = x > 0
+    return xp.where(positive, xp.log(xp.where(positive, x, xp.ones_like(x))), xp.where(x == 0, -math.inf, math.nan))
+
+
+def log1m(x, /, *, xp=None):
+    """``log(1 - x)`` accurate for tiny ``x`` (``log1p(-x)``), ``-inf`` at ``x = 1``, no warning."""
+    xp = namespace(x) if xp is None else xp
+    below = x < 1
+    inside = xp.log1p(-xp.where(below, x, xp.zeros_like(x)))
+    return xp.where(below, inside, xp.where(x == 1, -math.inf, math.nan))
+
+
+def xmul(a, b, /, *, xp=None):
+    """``a * b`` with ``0 * b = 0`` for every ``b`` (``inf`` included); NaN in ``a`` propagates."""
+    xp = namespace(a, b) if xp is None else xp
+    zero = a == 0
+    return xp.where(zero, xp.zeros_like(a * xp.ones_like(b)), a * xp.where(zero, xp.ones_like(b), b))
+
+
+def xlogy(x, y, /, *, xp=None):
+    """``x * log(y)`` with ``0 * log(y) = 0`` for every ``y`` (the entropy convention ``0 log 0 = 0``)."""
+    xp = namespace(x, y) if xp is None else xp
+    return xmul(x, safe_log(y, xp=xp), xp=xp)
+
+
+def one_hot(labels, num_classes, /, *, axis=-1, dtype=None, xp=None):
+    """One-hot encoding of integer ``labels`` with the class dimension inserted at ``axis``.
+
+    Labels outside ``[0, num_classes)`` give an all-zero row (callers validate labels up front).
+    """
+    xp = namespace(labels) if xp is None else xp
+    ndim = labels.ndim + 1
+    axis = axis % ndim
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=array_api_compat.device(labels))
+    classes = xp.reshape(classes, tuple(num_classes if d == axis else 1 for d in range(ndim)))
+    hot = xp.expand_dims(labels, axis=axis) == classes
+    return hot if dtype is None else xp.astype(hot, dtype)
+
+
+def take_along_axis(x, labels, /, *, axis=-1, xp=None):
+    """``x`` at index ``labels`` along ``axis`` (the class axis), that axis removed.
+
+    ``labels`` has the shape of ``x`` without ``axis``. Uses the namespace's ``take_along_axis``
+    where it has one, and a one-hot select (exact: one nonzero term per sum) where it does not.
+    """
+    xp = namespace(x, labels) if xp is None else xp
+    axis = axis % x.ndim
+    idx = xp.expand_dims(labels, axis=axis)
+    if hasattr(xp, "take_along_axis"):
+        return xp.squeeze(xp.take_along_axis(x, idx, axis=axis), axis=axis)
+    hot = one_hot(labels, x.shape[axis], axis=axis, xp=xp)
+    return xp.sum(xp.where(hot, x, xp.zeros_like(x)), axis=axis)
+
+
+def to_numpy(x):
+    """A NumPy copy of any array (CuPy through ``.get()``, others through DLPack / ``__array__``)."""
+    import numpy as np
+
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_numpy_array(x):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception:  # noqa: BLE001 - array-api-strict and friends go through DLPack
+        return np.from_dlpack(x)
