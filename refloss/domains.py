@@ -61,10 +61,15 @@ def signs(rng, shape, tag, dims, params):
     return rng.choice([-1.0, 1.0], size=shape)
 
 
+def _class_axis(shape):
+    return 1 if len(shape) >= 2 else -1
+
+
 def _class_rows(rng, shape, scale):
+    axis = _class_axis(shape)
     z = rng.normal(0.0, scale, size=shape)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
 def log_probabilities(rng, shape, tag, dims, params):
@@ -80,12 +85,13 @@ def distributions(rng, shape, tag, dims, params):
         return np.exp(_class_rows(rng, shape, 1.0))
     if tag == "extreme":
         return np.exp(_class_rows(rng, shape, 20.0))
+    axis = _class_axis(shape)
     p = np.exp(_class_rows(rng, shape, 1.0))
     p = np.where(rng.random(size=shape) < 0.4, 0.0, p)
-    first = np.zeros_like(p)
-    np.put_along_axis(first, np.zeros((shape[0], 1) + tuple(shape[2:]), dtype=int), 1.0, axis=1)
-    p = np.where(p.sum(axis=1, keepdims=True) == 0, first, p)
-    return p / p.sum(axis=1, keepdims=True)
+    first = np.moveaxis(np.zeros_like(np.moveaxis(p, axis, 0)), 0, axis)
+    np.moveaxis(first, axis, 0)[0] = 1.0
+    p = np.where(p.sum(axis=axis, keepdims=True) == 0, first, p)
+    return p / p.sum(axis=axis, keepdims=True)
 
 
 def class_indices(rng, shape, tag, dims, params):

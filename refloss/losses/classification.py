@@ -578,8 +578,8 @@ def _kl_parts(xp, input, target, log_target):
 @loss(
     family="classification",
     inputs=[
-        Input("input", domain=D.log_probabilities, shape="N *", doc="log-probabilities log q"),
-        Input("target", domain=D.distributions, shape="N *", doc="probabilities p (log p with log_target)"),
+        Input("input", domain=D.log_probabilities, doc="log-probabilities log q"),
+        Input("target", domain=D.distributions, doc="probabilities p (log p with log_target)"),
     ],
     params=[Param("log_target", False, kind="bool", grid=(True,), doc="target given as log-probabilities")],
     counterparts={
