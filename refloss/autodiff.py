@@ -7,13 +7,12 @@ not import autograd; the first loss called with an autograd box does.
 
 from __future__ import annotations
 
-_PRIMITIVES: dict = {}
-
 
 def primitive(loss):
     """The autograd primitive of ``loss``: ``f(*inputs, **params)`` with inputs positional."""
-    if loss.name in _PRIMITIVES:
-        return _PRIMITIVES[loss.name]
+    cached = getattr(loss, "_autograd_primitive", None)
+    if cached is not None:
+        return cached
     from autograd.extend import defvjp_argnum, primitive as ag_primitive
 
     def evaluate(*inputs, **params):
@@ -33,7 +32,7 @@ def primitive(loss):
         return vjp
 
     defvjp_argnum(prim, make_vjp)
-    _PRIMITIVES[loss.name] = prim
+    loss._autograd_primitive = prim
     return prim
 
 

@@ -131,11 +131,16 @@ def sigmoid(x, /, *, xp=None):
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def _zero_or_nan(xp, x, at, value):
+    # Outside the domain of a log: ``value`` exactly at the boundary ``at``, NaN beyond it.
+    return xp.where(x == at, xp.full_like(x, value), xp.full_like(x, math.nan))
+
+
 def safe_log(x, /, *, xp=None):
     """``log(x)`` with ``log(0) = -inf`` and no floating-point warning."""
     xp = namespace(x) if xp is None else xp
     positive = x > 0
-    return xp.where(positive, xp.log(xp.where(positive, x, xp.ones_like(x))), xp.where(x == 0, -math.inf, math.nan))
+    return xp.where(positive, xp.log(xp.where(positive, x, xp.ones_like(x))), _zero_or_nan(xp, x, 0, -math.inf))
 
 
 def log1m(x, /, *, xp=None):
@@ -143,7 +148,7 @@ def log1m(x, /, *, xp=None):
     xp = namespace(x) if xp is None else xp
     below = x < 1
     inside = xp.log1p(-xp.where(below, x, xp.zeros_like(x)))
-    return xp.where(below, inside, xp.where(x == 1, -math.inf, math.nan))
+    return xp.where(below, inside, _zero_or_nan(xp, x, 1, -math.inf))
 
 
 def xmul(a, b, /, *, xp=None):

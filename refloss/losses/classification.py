@@ -324,7 +324,6 @@ def _safe_ratio(xp, num, den, live):
     counterparts={
         "torch": "torch.nn.functional.binary_cross_entropy (clamp='torch')",
         "keras": "keras.losses.BinaryCrossentropy(from_logits=False) (clamp='keras', mean over the last axis)",
-        "optax": "(none on probabilities)",
     },
     references=["PyTorch aten/src/ATen/native/Loss.cpp", "Keras 3 keras/src/backend/*/nn.py binary_crossentropy"],
 )
@@ -372,7 +371,7 @@ _POS_WEIGHT = Param(
         "torch": "torch.nn.functional.binary_cross_entropy_with_logits",
         "optax": "optax.losses.sigmoid_binary_cross_entropy (no weights)",
         "keras": "keras.losses.BinaryCrossentropy(from_logits=True) (mean over the last axis)",
-        "tf": "tf.nn.sigmoid_cross_entropy_with_logits / tf.nn.weighted_cross_entropy_with_logits",
+        "tf": "tf.nn.sigmoid_cross_entropy_with_logits (tf.nn.weighted_cross_entropy_with_logits for pos_weight)",
     },
     references=["PyTorch Loss.cpp (binary_cross_entropy_with_logits)"],
 )
@@ -448,7 +447,7 @@ def _hed_beta(xp, target, per):
         Param("per", "batch", kind="choice", choices=("batch", "sample"), grid=("sample",),
               doc="beta counted over the whole batch (tensorpack) or per sample (HED paper, per image)"),
     ],
-    counterparts={"tensorpack": "examples/HED/hed.py class_balanced_sigmoid_cross_entropy"},
+    counterparts={"tensorpack": "examples.HED.hed.class_balanced_sigmoid_cross_entropy"},
     references=["Xie & Tu, Holistically-Nested Edge Detection, ICCV 2015", "003 seed, Balanced Cross-Entropy"],
 )
 def balanced_binary_cross_entropy(xp, logits, target, *, per):
@@ -490,8 +489,8 @@ def _focal_weights(alpha):
     ],
     counterparts={
         "torchvision": "torchvision.ops.sigmoid_focal_loss (same for hard labels)",
-        "optax": "optax.losses.sigmoid_focal_loss(alpha=None by default)",
-        "keras": "keras.losses.BinaryFocalCrossentropy(apply_class_balancing=...)",
+        "optax": "optax.losses.sigmoid_focal_loss (alpha=None by default)",
+        "keras": "keras.losses.BinaryFocalCrossentropy (alpha only with apply_class_balancing=True)",
     },
     references=["Lin et al., Focal Loss for Dense Object Detection, ICCV 2017", "003 seed, Focal Loss"],
 )
@@ -584,7 +583,7 @@ def _kl_parts(xp, input, target, log_target):
     params=[Param("log_target", False, kind="bool", grid=(True,), doc="target given as log-probabilities")],
     counterparts={
         "torch": "torch.nn.functional.kl_div",
-        "optax": "optax.losses.kl_divergence / kl_divergence_with_log_targets (sum over axis: reduction='batchmean')",
+        "optax": "optax.losses.kl_divergence (kl_divergence_with_log_targets for log_target; per-example sums: reduction='batchmean')",
         "keras": "keras.losses.KLDivergence (probability inputs, clipped to [1e-7, 1])",
     },
     references=["PyTorch Loss.cpp (kl_div)"],
@@ -698,7 +697,7 @@ def _others(xp, logits, target):
     inputs=[_HINGE_SCORES, _HINGE_LABELS],
     params=[_margin(1.0, (0.0, 2.5))],
     check=_at_least_two_classes,
-    counterparts={"torch": "C * torch.nn.functional.multi_margin_loss(p=1) (PyTorch divides by C)"},
+    counterparts={"torch": "torch.nn.functional.multi_margin_loss (p=1, times C: PyTorch divides by C)"},
     references=["Weston & Watkins, Support vector machines for multi-class pattern recognition, 1999", "001 seed"],
 )
 def multiclass_hinge_loss(xp, logits, target, *, margin):
