@@ -83,32 +83,56 @@ def is_integer(xp, x) -> bool:
     return xp.isdtype(x.dtype, "integral")
 
 
-def _nonfinite_to_zero(xp, m):
-    return xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+def _shifted_parts(xp, x, axis):
+    """The pieces of a max-shifted logsumexp along ``axis`` (keepdims):
+
+    ``m`` the row maximum (0 in rows whose maximum is not finite), ``shifted = x - m`` (exact),
+    ``e = exp(shifted)``, ``rest = sum(e) - 1`` summed without the maximum's own ``1`` (so
+    ``log1p(rest)`` keeps full relative precision when the other terms are tiny), and ``finite``.
+    """
+    m_raw = xp.max(x, axis=axis, keepdims=True)
+    finite = xp.isfinite(m_raw)
+    m = xp.where(finite, m_raw, xp.zeros_like(m_raw))
+    shifted = x - m
+    at_max = (shifted == 0) & finite
+    e = xp.exp(shifted)
+    ties = xp.sum(xp.astype(at_max, x.dtype), axis=axis, keepdims=True) - 1
+    rest = xp.sum(xp.where(at_max, xp.zeros_like(e), e), axis=axis, keepdims=True) + ties
+    rest = xp.where(finite, rest, xp.zeros_like(rest))
+    return m_raw, finite, m, shifted, e, rest
 
 
 def logsumexp(x, /, *, axis=-1, keepdims=False, xp=None):
-    """``log(sum(exp(x), axis))``, shifted by the row maximum so nothing overflows.
+    """``log(sum(exp(x), axis))`` as ``m + log1p(sum_{x_i < m} exp(x_i - m) + ties)``, ``m`` the maximum.
 
-    A row of all ``-inf`` gives ``-inf`` (not NaN); a row containing ``+inf`` gives ``+inf``;
-    NaN propagates.
+    Nothing overflows, and the result keeps full relative precision even when it is close to
+    ``m`` (scipy's formulation). A row of all ``-inf`` gives ``-inf``; a row containing ``+inf``
+    gives ``+inf``; NaN propagates.
     """
     xp = namespace(x) if xp is None else xp
-    m = _nonfinite_to_zero(xp, xp.max(x, axis=axis, keepdims=True))
-    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    m_raw, finite, m, _, _, rest = _shifted_parts(xp, x, axis)
+    out = xp.where(finite, m + xp.log1p(rest), m_raw)
     return out if keepdims else xp.squeeze(out, axis=axis)
 
 
 def log_softmax(x, /, *, axis=-1, xp=None):
-    """``x - logsumexp(x)`` along ``axis``; exact for a ``-inf`` entry next to finite ones."""
+    """``(x - m) - log1p(rest)`` along ``axis`` (see :func:`logsumexp`): exact shift, then one small
+    correction, so each entry is accurate to a few ULP of itself, not of the row maximum.
+
+    Rows whose maximum is not finite (all ``-inf``, any ``+inf``, NaN) give NaN, as the value is
+    undefined there.
+    """
     xp = namespace(x) if xp is None else xp
-    return x - logsumexp(x, axis=axis, keepdims=True, xp=xp)
+    _, finite, _, shifted, _, rest = _shifted_parts(xp, x, axis)
+    return xp.where(finite, shifted - xp.log1p(rest), xp.full_like(shifted, math.nan))
 
 
 def softmax(x, /, *, axis=-1, xp=None):
-    """``exp(log_softmax(x))``: rows sum to one, no overflow at any magnitude."""
+    """``exp(x - m) / (1 + rest)``: rows sum to one, each entry to a few ULP, no overflow; NaN in
+    rows whose maximum is not finite."""
     xp = namespace(x) if xp is None else xp
-    return xp.exp(log_softmax(x, axis=axis, xp=xp))
+    _, finite, _, _, e, rest = _shifted_parts(xp, x, axis)
+    return xp.where(finite, e / (1 + rest), xp.full_like(e, math.nan))
 
 
 def softplus(x, /, *, xp=None):
