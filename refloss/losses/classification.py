@@ -686,6 +686,23 @@ def _target_score(xp, logits, target):
     return take_along_axis(logits, target, axis=1, xp=xp)
 
 
+def _hinge_sum(xp, scores, target, p, margin):
+    """``sum_{i != y} max(0, margin - z_y + z_i)^p`` per sample: the Weston-Watkins hinge behind
+    :func:`multiclass_hinge_loss` and PyTorch's :func:`multi_margin_loss`."""
+    hot = one_hot(target, scores.shape[1], axis=1, xp=xp)
+    u = margin - _expand(xp, _target_score(xp, scores, target)) + scores
+    return xp.sum(xp.where(hot, xp.zeros_like(u), xp.maximum(u, 0.0)) ** p, axis=1)
+
+
+def _hinge_sum_grad(xp, scores, target, p, margin):
+    """d/dz of :func:`_hinge_sum`: ``p u_i^(p-1) [u_i > 0]`` on ``z_i`` (``i != y``), minus their sum on ``z_y``."""
+    hot = one_hot(target, scores.shape[1], axis=1, xp=xp)
+    u = margin - _expand(xp, _target_score(xp, scores, target)) + scores
+    active = (u > 0) & ~hot
+    d = xp.where(active, p * xp.where(active, u, xp.ones_like(u)) ** (p - 1), xp.zeros_like(u))
+    return d - xp.astype(hot, scores.dtype) * xp.sum(d, axis=1, keepdims=True)
+
+
 def _others(xp, logits, target):
     """``(onehot, scores with the target masked to -inf)``."""
     hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
@@ -706,18 +723,12 @@ def multiclass_hinge_loss(xp, logits, target, *, margin):
     Gradient (subgradient 0 at the kink, as PyTorch): with ``a_i = [z_i - z_y + m > 0]`` for
     ``i != y``, ``d l / d z_i = a_i`` and ``d l / d z_y = -sum_i a_i``.
     """
-    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
-    u = logits - _expand(xp, _target_score(xp, logits, target)) + margin
-    return xp.sum(xp.where(hot, xp.zeros_like(u), xp.maximum(u, 0.0)), axis=1)
+    return _hinge_sum(xp, logits, target, 1, margin)
 
 
 @multiclass_hinge_loss.defvjp
 def _multiclass_hinge_vjp(xp, cot, logits, target, *, margin):
-    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
-    u = logits - _expand(xp, _target_score(xp, logits, target)) + margin
-    active = xp.astype((u > 0) & ~hot, logits.dtype)
-    grad = active - xp.astype(hot, logits.dtype) * xp.sum(active, axis=1, keepdims=True)
-    return _expand(xp, cot) * grad, None
+    return _expand(xp, cot) * _hinge_sum_grad(xp, logits, target, 1, margin), None
 
 
 @loss(
@@ -907,22 +918,14 @@ def multi_margin_loss(xp, input, target, *, p, margin, weight):
     Gradient: with ``u_i = margin - x_y + x_i``, ``d l / d x_i = w[y] p u_i^(p-1) [u_i > 0] / C`` for
     ``i != y``, and ``d l / d x_y`` is minus their sum.
     """
-    hot = one_hot(target, input.shape[1], axis=1, xp=xp)
-    u = margin - _expand(xp, _target_score(xp, input, target)) + input
-    h = xp.where(hot, xp.zeros_like(u), xp.maximum(u, 0.0)) ** p
     w_y = _target_weight(xp, weight, target, None, input)
-    return w_y * xp.sum(h, axis=1) / input.shape[1]
+    return w_y * _hinge_sum(xp, input, target, p, margin) / input.shape[1]
 
 
 @multi_margin_loss.defvjp
 def _multi_margin_vjp(xp, cot, input, target, *, p, margin, weight):
-    hot = one_hot(target, input.shape[1], axis=1, xp=xp)
-    u = margin - _expand(xp, _target_score(xp, input, target)) + input
-    active = (u > 0) & ~hot
-    d = xp.where(active, p * xp.where(active, u, xp.ones_like(u)) ** (p - 1), xp.zeros_like(u))
-    grad = d - xp.astype(hot, input.dtype) * xp.sum(d, axis=1, keepdims=True)
     w_y = _target_weight(xp, weight, target, None, input)
-    return _expand(xp, cot * w_y / input.shape[1]) * grad, None
+    return _expand(xp, cot * w_y / input.shape[1]) * _hinge_sum_grad(xp, input, target, p, margin), None
 
 
 def _multilabel_parts(xp, input, target):
