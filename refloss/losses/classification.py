@@ -164,8 +164,10 @@ def cross_entropy(xp, logits, target, *, weight, ignore_index, label_smoothing, 
         l_n = (1 - eps) * (-w[y_n] lsm[y_n])  +  (eps / C) * (-sum_c w_c lsm_c)
 
     and ``l_n = 0`` where ``y_n == ignore_index``. ``mean`` divides by ``sum_n w[y_n]`` over
-    non-ignored samples (PyTorch's weighted mean; NaN when every target is ignored, as in PyTorch).
-    A floating ``target`` of the logits' shape is routed to :func:`softmax_cross_entropy`.
+    non-ignored samples (PyTorch's weighted mean). When every target is ignored, ``mean`` is NaN as in
+    PyTorch, and so is its gradient (PyTorch returns a zero gradient). A zero class weight contributes 0
+    even at a ``-inf`` logit (PyTorch: NaN). A floating ``target`` of the logits' shape is routed to
+    :func:`softmax_cross_entropy`.
 
     Gradient (``p = softmax(z)``, ``W = sum_c w_c``): ``d l_n / d z = (1 - eps) w[y_n] (p - onehot(y_n))
     + (eps / C) (W p - w)``, since ``d lsm_c / d z_k = delta_ck - p_k``.
@@ -260,7 +262,8 @@ def nll_loss(xp, log_probs, target, *, weight, ignore_index, axis):
     """Negative log-likelihood of class-index targets: ``l_n = -w[y_n] x[n, y_n]``, 0 where ignored.
 
     The input is taken as given (PyTorch does not check that it is a log-probability). ``mean``
-    divides by ``sum_n w[y_n]`` over non-ignored samples.
+    divides by ``sum_n w[y_n]`` over non-ignored samples; with every target ignored, value and
+    gradient are NaN (PyTorch: NaN value, zero gradient).
 
     Gradient: ``d l_n / d x = -w[y_n] onehot(y_n)``.
 
@@ -305,7 +308,7 @@ def _bce_logs(xp, p, clamp):
 
 def _safe_ratio(xp, num, den, live):
     """``num / den`` where ``live``, 0 elsewhere."""
-    return xp.where(live, num / xp.where(live, den, xp.ones_like(den)), xp.zeros_like(num * den))
+    return xp.where(live, num / xp.where(live, den, xp.ones_like(den)), xp.zeros_like(num) + xp.zeros_like(den))
 
 
 @loss(
@@ -334,10 +337,13 @@ def binary_cross_entropy(xp, input, target, *, weight, clamp):
     (``BCE(p=0, y=1) = 100``), ``keras`` clips ``p`` to ``[1e-7, 1 - 1e-7]`` (``16.118...``), ``none``
     is exact (``inf``). ``log(1 - p)`` is evaluated as ``log1p(-p)``.
 
-    Gradients are the exact derivatives of the clamped forward: ``d l / d p = -w [y / p - (1 - y) / (1 - p)]``
-    where the log is not clamped, and 0 where it is (torch: ``log p <= -100``; keras: ``p`` outside the
-    clip range, as Keras' clip does). PyTorch's own backward instead divides by ``max(p (1 - p), 1e-12)``,
-    which differs for ``p < 1e-12``. ``d l / d y = -w [log p - log(1 - p)]`` (clamped logs).
+    Gradients are the exact derivatives of the clamped forward: ``d l / d p = w (p - y) / (p (1 - p))``
+    where neither log is clamped (this form does not cancel when ``p ~ y``), each log's own term where
+    only the other is clamped, 0 where both are (torch: ``log p <= -100``; keras: ``p`` outside the clip
+    range, as Keras' clip does). ``d l / d y = -w [log p - log(1 - p)]`` with the clamped logs.
+    PyTorch's own backward divides by ``max(p (1 - p), 1e-12)`` and differs wherever ``p (1 - p) < 1e-12``
+    (both ends, e.g. ``p=0, y=0``: refloss 1, PyTorch 0); its target gradient uses the unclamped logs
+    (``+-inf`` at ``p`` in ``{0, 1}``, where refloss gives ``+-100``).
 
     Shapes: ``input`` and ``target`` alike; ``weight`` broadcastable to them.
     """
@@ -350,11 +356,13 @@ def binary_cross_entropy(xp, input, target, *, weight, clamp):
 def _binary_cross_entropy_vjp(xp, cot, input, target, *, weight, clamp):
     log_p, log_q, live_p, live_q = _bce_logs(xp, input, clamp)
     g = cot * (1 if weight is None else weight)
-    d_input = _safe_ratio(xp, 1 - target, 1 - input, live_q & (target != 1)) - _safe_ratio(
-        xp, target, input, live_p & (target != 0)
-    )
+    # Both logs live: (p - y) / (p (1 - p)), which does not cancel when p ~ y (the two separate
+    # terms -y/p + (1-y)/(1-p) do). One log clamped: the other term alone. Both clamped: 0.
+    both = _safe_ratio(xp, input - target, input * (1 - input), live_p & live_q)
+    only_p = -_safe_ratio(xp, target, input, live_p & ~live_q)
+    only_q = _safe_ratio(xp, 1 - target, 1 - input, live_q & ~live_p)
     d_target = log_q - log_p
-    return g * d_input, g * d_target
+    return g * (both + only_p + only_q), g * d_target
 
 
 _POS_WEIGHT = Param(
@@ -379,7 +387,8 @@ def binary_cross_entropy_with_logits(xp, logits, target, *, weight, pos_weight):
     """Binary cross-entropy on logits: ``l = w [pw y softplus(-x) + (1 - y) softplus(x)]``.
 
     That is ``-w [pw y log sigma(x) + (1 - y) log sigma(-x)]``, with ``pw`` = ``pos_weight``. Exact at
-    infinite logits: ``x = +inf, y = 1`` gives 0 (PyTorch, optax and tf.nn give NaN there).
+    infinite logits: ``x = +inf, y = 1`` and ``x = -inf, y = 0`` give 0, ``x = -inf, y = 1`` gives ``inf``
+    (PyTorch, optax and tf.nn give NaN at all three).
 
     Gradients: ``d l / d x = w [(1 - y) sigma(x) - pw y sigma(-x)]``; ``d l / d y = w [pw softplus(-x) -
     softplus(x)]``.
@@ -596,17 +605,18 @@ def kl_div(xp, input, target, *, log_target):
     ``mean`` divides by every element.
 
     Gradients: ``d l / d x = -p``; ``d l / d p = log p + 1 - x`` (``d l / d t = exp(t) (t + 1 - x)``
-    with ``log_target``); at ``p = 0`` the target derivative is ``-inf`` (``log_target``: 0).
+    with ``log_target``); at ``p = 0`` the target derivative is ``-inf`` (``log_target``: 0), where
+    PyTorch gives NaN.
     """
     prob, log_prob, live = _kl_parts(xp, input, target, log_target)
-    zero = xp.zeros_like(input * prob)
+    zero = xp.zeros_like(input) + xp.zeros_like(prob)
     return xp.where(live, prob * (xp.where(live, log_prob, zero) - xp.where(live, input, zero)), zero)
 
 
 @kl_div.defvjp
 def _kl_div_vjp(xp, cot, input, target, *, log_target):
     prob, log_prob, live = _kl_parts(xp, input, target, log_target)
-    zero = xp.zeros_like(input * prob)
+    zero = xp.zeros_like(input) + xp.zeros_like(prob)
     inner = xp.where(live, xp.where(live, log_prob, zero) + 1 - xp.where(live, input, zero), zero)
     d_target = prob * inner if log_target else xp.where(live, inner, -math.inf + zero)
     return cot * (-prob), cot * d_target
@@ -634,7 +644,7 @@ def _js_h(xp, d):
     for c in reversed(_JS_SERIES):
         series = (series + c) * d2
     db = xp.where(small, xp.zeros_like(d), d)
-    closed = (xmul(1 + db, xp.log1p(db), xp=xp) + xmul(1 - db, log1m(db, xp=xp), xp=xp)) / 2
+    closed = (xmul(1 + db, log1m(-db, xp=xp), xp=xp) + xmul(1 - db, log1m(db, xp=xp), xp=xp)) / 2
     return xp.where(small, series, closed)
 
 
@@ -855,7 +865,7 @@ def _am_softplus_vjp(xp, cot, logits, target, *, scale, margin):
 @loss(
     family="classification",
     inputs=[Input("input", domain=D.logits), Input("target", differentiable=False, domain=D.signs, doc="labels in {-1, 1}")],
-    counterparts={"torch": "torch.nn.functional.soft_margin_loss (computed naively: inf in float32 for -yx > 88)"},
+    counterparts={"torch": "torch.nn.functional.soft_margin_loss (computed naively: inf, and a NaN gradient, for -yx > 88 in float32, > 709 in float64)"},
     references=["PyTorch Loss.cpp (soft_margin_loss)"],
 )
 def soft_margin_loss(xp, input, target):
