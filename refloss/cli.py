@@ -2,7 +2,8 @@
 
 - ``refloss check``: proves every registered loss's gradient (central differences, and autograd's
   ``check_grads`` when autograd is installed) over every parameter path, then prints the catalogue.
-- ``refloss catalog``: prints the catalogue as a Markdown table (the README's table is this output).
+- ``refloss catalog [--write README.md]``: prints the catalogue as a Markdown table, or rewrites the
+  README's table (between its catalogue markers) with it.
 """
 
 from __future__ import annotations
@@ -102,9 +103,33 @@ def check(argv=None) -> int:
     return 1 if failed else 0
 
 
+_START, _END = "<!-- catalog:start -->\n", "<!-- catalog:end -->"
+
+
+def catalog_command(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="refloss catalog", description="Print the loss catalogue (Markdown).")
+    parser.add_argument("--write", metavar="README", help="replace the table between the catalogue markers of this file")
+    args = parser.parse_args(argv)
+    table = catalog_markdown()
+    if not args.write:
+        print(table, end="")
+        return 0
+    from pathlib import Path
+
+    path = Path(args.write)
+    text = path.read_text()
+    if _START not in text or _END not in text:
+        print(f"refloss catalog: {path} has no {_START.strip()} ... {_END} markers", file=sys.stderr)
+        return 1
+    head, rest = text.split(_START, 1)
+    path.write_text(head + _START + table + _END + rest.split(_END, 1)[1])
+    print(f"wrote the catalogue ({len(catalog())} losses) into {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"check": check, "catalog": lambda rest: print(catalog_markdown(), end="") or 0}
+    commands = {"check": check, "catalog": catalog_command}
     if not argv or argv[0] not in commands:
         print("usage: refloss {check,catalog} [options]\n\n" + (__doc__ or ""), file=sys.stderr)
         return 2

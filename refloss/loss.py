@@ -203,13 +203,21 @@ def _check_dtype(xp, loss_name, arg, x, kind):
         _fail(TypeError, loss_name, arg, "an integer array (class indices)", f"dtype {x.dtype}")
 
 
-def _value_span(xp, x):
+def _value_span(xp, x, bad=None):
+    """What was given: the offending values (a few, sorted) when known, else the range."""
+    if bad is not None:
+        import numpy as np
+
+        found = np.unique(np.asarray(_xp.to_numpy(x))[np.asarray(_xp.to_numpy(bad))])
+        shown = ", ".join(repr(v.item()) for v in found[:5]) + (", ..." if found.size > 5 else "")
+        return f"{shown} (values in [{float(xp.min(x))!r}, {float(xp.max(x))!r}])"
     return f"values in [{float(xp.min(x))!r}, {float(xp.max(x))!r}]"
 
 
 def _check_values(xp, loss_name, arg, x, low, high):
-    if array_api_compat.size(x) and bool(xp.any((x < low) | (x > high))):
-        _fail(ValueError, loss_name, arg, f"in [{low}, {high}]", _value_span(xp, x))
+    outside = (x < low) | (x > high)
+    if array_api_compat.size(x) and bool(xp.any(outside)):
+        _fail(ValueError, loss_name, arg, f"in [{low}, {high}]", _value_span(xp, x, outside))
 
 
 def _check_labels(xp, loss_name, arg, labels, num_classes, allowed):
@@ -218,7 +226,7 @@ def _check_labels(xp, loss_name, arg, labels, num_classes, allowed):
         bad = bad & (labels != value)
     if array_api_compat.size(labels) and bool(xp.any(bad)):
         extra = "".join(f" or {v}" for v in allowed)
-        _fail(ValueError, loss_name, arg, f"class indices in [0, {num_classes}){extra}", _value_span(xp, labels))
+        _fail(ValueError, loss_name, arg, f"class indices in [0, {num_classes}){extra}", _value_span(xp, labels, bad))
 
 
 def _check_param(loss_name, p, value):
@@ -399,11 +407,17 @@ class Loss:
         inputs = [given[n] for n in names]
         for p in self.params:
             _check_param(self.name, p, params[p.name])
-        arrays = inputs + [params[p.name] for p in self.params if p.kind == "array" and params[p.name] is not None]
-        xp = _xp.namespace(*arrays)
-        for spec, x in zip(self.inputs, inputs):
+        named = list(zip(names, inputs)) + [
+            (p.name, params[p.name]) for p in self.params if p.kind == "array" and params[p.name] is not None
+        ]
+        for arg, x in named:
             if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-                _fail(TypeError, self.name, spec.name, "an array", type(x).__name__)
+                _fail(TypeError, self.name, arg, "an array (NumPy, CuPy, array-api-strict, ...)", type(x).__name__)
+        try:
+            xp = _xp.namespace(*(x for _, x in named))
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+        for spec, x in zip(self.inputs, inputs):
             _check_dtype(xp, self.name, spec.name, x, spec.dtype)
         axis_moved = None
         if self.class_axis:
@@ -448,8 +462,6 @@ class Loss:
             value = params[p.name]
             if p.kind != "array" or value is None:
                 continue
-            if not hasattr(value, "shape"):
-                _fail(TypeError, self.name, p.name, p.describe_range(), type(value).__name__)
             _check_dtype(xp, self.name, p.name, value, "float")
             if p.shape == "broadcast":
                 _check_broadcastable(self.name, p.name, tuple(value.shape), first_shape)

@@ -136,9 +136,10 @@ def softmax(x, /, *, axis=-1, xp=None):
 
 
 def softplus(x, /, *, xp=None):
-    """``log(1 + exp(x))`` without overflow (``logaddexp(x, 0)``)."""
+    """``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``: no overflow, full precision in both tails,
+    and NaN passes through without a floating-point warning."""
     xp = namespace(x) if xp is None else xp
-    return xp.logaddexp(x, xp.zeros_like(x))
+    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
 
 
 def log_sigmoid(x, /, *, xp=None):
@@ -176,10 +177,11 @@ def log1m(x, /, *, xp=None):
 
 
 def xmul(a, b, /, *, xp=None):
-    """``a * b`` with ``0 * b = 0`` for every ``b`` (``inf`` included); NaN in ``a`` propagates."""
+    """``a * b`` with ``0 * inf = 0``; NaN in either factor still propagates (``0 * nan = nan``)."""
     xp = namespace(a, b) if xp is None else xp
     zero = a == 0
-    return xp.where(zero, xp.zeros_like(a * xp.ones_like(b)), a * xp.where(zero, xp.ones_like(b), b))
+    product = a * xp.where(zero, xp.ones_like(b), b)
+    return xp.where(zero & ~xp.isnan(b), xp.zeros_like(product), xp.where(zero, b * xp.ones_like(a), product))
 
 
 def xlogy(x, y, /, *, xp=None):

@@ -34,7 +34,7 @@ def test_readme_catalogue_is_current():
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- catalog:start -->\n(.*?)<!-- catalog:end -->", readme, re.S)
     assert block, "README.md lacks the catalogue markers"
-    assert block.group(1) == catalog_markdown(), "README catalogue is stale: paste `refloss catalog` between the markers"
+    assert block.group(1) == catalog_markdown(), "README catalogue is stale: run `refloss catalog --write README.md`"
 
 
 def test_readme_keeps_the_two_setup_commands():
@@ -81,6 +81,15 @@ def test_cli_check_proves_and_prints_catalogue(capsys):
     assert main(["check", "--losses", "cross_entropy", "kl_div"]) == 0
     out = capsys.readouterr().out
     assert "2/2 losses proven" in out and "| `cross_entropy` |" in out
+
+
+def test_cli_catalog_write_replaces_only_the_table(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- catalog:start -->\nold table\n<!-- catalog:end -->\noutro\n")
+    assert main(["catalog", "--write", str(readme)]) == 0
+    assert readme.read_text() == "intro\n<!-- catalog:start -->\n" + catalog_markdown() + "<!-- catalog:end -->\noutro\n"
+    (tmp_path / "bare.md").write_text("no markers")
+    assert main(["catalog", "--write", str(tmp_path / "bare.md")]) == 1
 
 
 def test_cli_usage_on_unknown_command(capsys):

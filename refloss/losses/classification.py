@@ -76,6 +76,11 @@ def _target_weight(xp, weight, target, keep, like):
     return xp.reshape(picked, target.shape) * mask
 
 
+def _drop_ignored(xp, keep, per_sample):
+    """0 for ignored samples whatever their scores (NaN included), as PyTorch skips them."""
+    return xp.where(keep, per_sample, xp.zeros_like(per_sample))
+
+
 def _kept(xp, target, ignore_index):
     keep = target != ignore_index
     return keep, xp.where(keep, target, xp.zeros_like(target))
@@ -179,12 +184,11 @@ def cross_entropy(xp, logits, target, *, weight, ignore_index, label_smoothing, 
     lsm = log_softmax(logits, axis=1, xp=xp)
     keep, safe = _kept(xp, target, ignore_index)
     w_y = _target_weight(xp, weight, safe, keep, logits)
-    out = xmul(w_y, -take_along_axis(lsm, safe, axis=1, xp=xp), xp=xp)
+    out = _drop_ignored(xp, keep, xmul(w_y, -take_along_axis(lsm, safe, axis=1, xp=xp), xp=xp))
     if label_smoothing == 0:
         return out
     w = _per_class(xp, weight, logits)
-    smooth = -xp.sum(xmul(w * xp.ones_like(lsm), lsm, xp=xp), axis=1)
-    smooth = xmul(xp.astype(keep, logits.dtype), smooth, xp=xp)
+    smooth = _drop_ignored(xp, keep, -xp.sum(xmul(w * xp.ones_like(lsm), lsm, xp=xp), axis=1))
     return (1 - label_smoothing) * out + (label_smoothing / num_classes) * smooth
 
 
@@ -271,7 +275,7 @@ def nll_loss(xp, log_probs, target, *, weight, ignore_index, axis):
     """
     keep, safe = _kept(xp, target, ignore_index)
     w_y = _target_weight(xp, weight, safe, keep, log_probs)
-    return xmul(w_y, -take_along_axis(log_probs, safe, axis=1, xp=xp), xp=xp)
+    return _drop_ignored(xp, keep, xmul(w_y, -take_along_axis(log_probs, safe, axis=1, xp=xp), xp=xp))
 
 
 @nll_loss.defvjp
@@ -439,11 +443,12 @@ def _weighted_bce_vjp(xp, cot, logits, target, *, beta):
 
 
 def _hed_beta(xp, target, per):
-    """beta = |Y-| / |Y| = 1 - sum(y) / count: over the whole batch tensor or per sample."""
+    """beta = |Y-| / |Y| = 1 - sum(y) / count: over the whole batch tensor or per sample (an empty
+    count gives beta = 1: nothing to balance)."""
     if per == "batch" or target.ndim < 2:
-        return 1 - xp.mean(target)
+        return 1 - xp.sum(target) / max(array_api_compat.size(target), 1)
     axes = tuple(range(1, target.ndim))
-    return 1 - xp.mean(target, axis=axes, keepdims=True)
+    return 1 - xp.sum(target, axis=axes, keepdims=True) / max(math.prod(target.shape[1:]), 1)
 
 
 @loss(
@@ -579,8 +584,8 @@ def _kl_parts(xp, input, target, log_target):
     """``(weight, log_weight, live)``: the target as a probability, its log, and where it is nonzero."""
     if log_target:
         prob = xp.exp(target)
-        return prob, target, prob > 0
-    return target, safe_log(target, xp=xp), target > 0
+        return prob, target, prob != 0
+    return target, safe_log(target, xp=xp), target != 0  # NaN stays live, so it propagates
 
 
 @loss(
@@ -676,9 +681,17 @@ def jensen_shannon_divergence(xp, p, q, *, axis):
 
 @jensen_shannon_divergence.defvjp
 def _js_vjp(xp, cot, p, q, *, axis):
-    _, d = _half_log_ratio_terms(xp, p, q)
+    s, d = _half_log_ratio_terms(xp, p, q)
     g = _expand(xp, cot) / 2
-    return g * log1m(-d, xp=xp), g * log1m(d, xp=xp)
+    return g * _log_twice_share(xp, p, s, d), g * _log_twice_share(xp, q, s, -d)
+
+
+def _log_twice_share(xp, a, s, d):
+    """``log(2 a / s) = log(1 + d)``: ``log1p`` while ``d`` is small (no cancellation), the difference
+    of logs once ``a`` is far from ``s / 2`` (where ``d`` may round to -1 although ``a > 0``)."""
+    near = xp.abs(d) < 0.5
+    far = safe_log(2 * a, xp=xp) - safe_log(xp.where(near, xp.ones_like(s), s), xp=xp)
+    return xp.where(near, log1m(-xp.where(near, d, xp.zeros_like(d)), xp=xp), far)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -765,7 +778,8 @@ def _crammer_singer_vjp(xp, cot, logits, target, *, margin):
     top = xp.max(others, axis=1, keepdims=True)
     active = _expand(xp, xp.astype(xp.squeeze(top, axis=1) - _target_score(xp, logits, target) + margin > 0, logits.dtype))
     ties = xp.astype(others == top, logits.dtype)
-    share = ties / xp.sum(ties, axis=1, keepdims=True)
+    count = xp.sum(ties, axis=1, keepdims=True)
+    share = ties / xp.where(count == 0, xp.ones_like(count), count)  # count 0 only in NaN rows
     return _expand(xp, cot) * active * (share - xp.astype(hot, logits.dtype)), None
 
 
