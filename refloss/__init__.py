@@ -15,28 +15,7 @@ from __future__ import annotations
 
 from . import xp
 from .loss import REDUCTIONS, Input, Loss, Param, catalog, get
-from .losses.classification import (
-    additive_margin_softplus_loss,
-    balanced_binary_cross_entropy,
-    binary_cross_entropy,
-    binary_cross_entropy_with_logits,
-    crammer_singer_hinge_loss,
-    cross_entropy,
-    jensen_shannon_divergence,
-    kl_div,
-    logsumexp_hinge_loss,
-    multi_margin_loss,
-    multiclass_hinge_loss,
-    multilabel_margin_loss,
-    multilabel_soft_margin_loss,
-    nll_loss,
-    sigmoid_focal_loss,
-    soft_margin_loss,
-    softmax_cross_entropy,
-    softmax_focal_loss,
-    softplus_logsumexp_loss,
-    weighted_binary_cross_entropy,
-)
+from .losses.classification import *  # noqa: F403 - each family module lists its losses in __all__
 
 __version__ = "0.1.0"
 
@@ -47,13 +26,6 @@ def value_and_grad(loss: Loss, *inputs, **params):
     return loss.value_and_grad(*inputs, **params)
 
 
-__all__ = [
-    "REDUCTIONS",
-    "Input",
-    "Loss",
-    "Param",
-    "catalog",
-    "get",
-    "value_and_grad",
-    "xp",
-] + [l for l in dir() if not l.startswith("_") and isinstance(globals()[l], Loss)]
+__all__ = ["REDUCTIONS", "Input", "Loss", "Param", "catalog", "get", "value_and_grad", "xp"] + sorted(
+    name for name, obj in dict(globals()).items() if isinstance(obj, Loss)
+)

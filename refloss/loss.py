@@ -506,6 +506,10 @@ class Loss:
 
     def unreduced(self, *args, **kwargs):
         """The per-element loss (``reduction`` is ignored), after the same validation."""
+        routed = self._routed(args, kwargs)
+        if routed is not None:
+            other, args, kwargs = routed
+            return other.unreduced(*args, **kwargs)
         call = self._bind(args, kwargs)
         return self.forward(call.xp, *call.inputs, **self._kw(call))
 

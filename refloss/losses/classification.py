@@ -995,3 +995,27 @@ def _multilabel_margin_vjp(xp, cot, input, target):
     to_targets = xp.sum(xp.astype(hot, input.dtype) * xp.expand_dims(per_j, axis=2), axis=1)  # (N, C)
     grad = (xp.sum(active, axis=1) - to_targets) / input.shape[1]
     return _expand(xp, cot) * grad, None
+
+
+__all__ = [
+    "additive_margin_softplus_loss",
+    "balanced_binary_cross_entropy",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "crammer_singer_hinge_loss",
+    "cross_entropy",
+    "jensen_shannon_divergence",
+    "kl_div",
+    "logsumexp_hinge_loss",
+    "multi_margin_loss",
+    "multiclass_hinge_loss",
+    "multilabel_margin_loss",
+    "multilabel_soft_margin_loss",
+    "nll_loss",
+    "sigmoid_focal_loss",
+    "soft_margin_loss",
+    "softmax_cross_entropy",
+    "softmax_focal_loss",
+    "softplus_logsumexp_loss",
+    "weighted_binary_cross_entropy",
+]
