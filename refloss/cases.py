@@ -98,7 +98,14 @@ def sample(loss: Loss, params: dict, tag: str = "typical", rng=None) -> Case:
         raise ValueError(f"tag must be one of {TAGS}, got {tag!r}")
     rng = np.random.default_rng(0) if rng is None else rng
     dims = _dims(loss, rng)
-    inputs = [spec.domain(rng, _shape(spec.shape, dims), tag, dims, params) for spec in loss.inputs]
+    inputs: list = []
+    for spec in loss.inputs:
+        if spec.shape == "broadcast":  # the first input's shape, or its last dimension collapsed
+            shape = inputs[0].shape
+            shape = shape[:-1] + (1,) if shape and rng.random() < 0.5 else shape
+        else:
+            shape = _shape(spec.shape, dims)
+        inputs.append(spec.domain(rng, shape, tag, dims, params))
     params = dict(params)
     for p in loss.params:
         if params.get(p.name) is SAMPLE:

@@ -79,6 +79,13 @@ def log_probabilities(rng, shape, tag, dims, params):
     return _class_rows(rng, shape, 1e3 if tag == "extreme" else 30.0)
 
 
+def kl_input(rng, shape, tag, dims, params):
+    """The input of ``kl_div``: log-probabilities, or probabilities under ``convention='keras'``."""
+    if params.get("convention") == "keras":
+        return distributions(rng, shape, tag, dims, params)
+    return log_probabilities(rng, shape, tag, dims, params)
+
+
 def distributions(rng, shape, tag, dims, params):
     """Probability vectors along axis 1: softmax of N(0, 1) rows; peaked when extreme; with exact zeros at the edge."""
     if tag == "typical":
@@ -118,3 +125,39 @@ def multilabel_indices(rng, shape, tag, dims, params):
 def class_weights(rng, shape, tag, dims, params):
     """Positive per-class (or per-element) weights in [0.2, 3]."""
     return rng.uniform(0.2, 3.0, size=shape)
+
+
+def values(rng, shape, tag, dims, params):
+    """Real-valued predictions and targets: N(0, 2); magnitudes up to 1e8 when extreme; zeros and ties at the edge."""
+    if tag == "typical":
+        return rng.normal(0.0, 2.0, size=shape)
+    if tag == "extreme":
+        return _signed_magnitudes(rng, shape, -8.0, 8.0)
+    return rng.choice([0.0, 1.0, -1.0], size=shape)
+
+
+def variances(rng, shape, tag, dims, params):
+    """Positive variances in [0.1, 3]; from 1e-12 to 1e12 when extreme; 0 (clamped by eps) at the edge."""
+    if tag == "typical":
+        return rng.uniform(0.1, 3.0, size=shape)
+    if tag == "extreme":
+        return 10.0 ** rng.uniform(-12, 12, size=shape)
+    return rng.choice([0.0, 1e-6, 1.0], size=shape)
+
+
+def counts(rng, shape, tag, dims, params):
+    """Non-negative counts (Poisson targets): 0..9; up to 1e6 when extreme; 0 and 1 at the edge."""
+    if tag == "typical":
+        return rng.integers(0, 10, size=shape).astype(float)
+    if tag == "extreme":
+        return np.floor(10.0 ** rng.uniform(0, 6, size=shape))
+    return rng.integers(0, 2, size=shape).astype(float)
+
+
+def poisson_input(rng, shape, tag, dims, params):
+    """A log-rate (``log_input=True``, PyTorch's default) or a rate in [0.1, 5]."""
+    if params.get("log_input", True):
+        return rng.normal(0.0, 1.0, size=shape) if tag == "typical" else rng.uniform(-30.0, 30.0, size=shape)
+    if tag == "typical":
+        return rng.uniform(0.1, 5.0, size=shape)
+    return 10.0 ** rng.uniform(-12, 6, size=shape) if tag == "extreme" else rng.choice([0.0, 1.0], size=shape)

@@ -65,7 +65,8 @@ class Input:
 
     ``shape`` is a space-separated pattern over named dimensions (``"N C *"``): a name binds to a
     size shared by every input, ``*`` to the same run of trailing dimensions everywhere, and the
-    first input fixes the bindings. ``dtype`` is ``"float"`` or ``"int"``. ``values`` is an inclusive
+    first input fixes the bindings; ``"broadcast"`` accepts any shape that broadcasts to the first
+    input's (a homoscedastic variance, say). ``dtype`` is ``"float"`` or ``"int"``. ``values`` is an inclusive
     ``(low, high)`` range checked on the data (NaN passes: it propagates). For class labels,
     ``classes`` names the dimension whose size bounds them, ``ignore`` the parameter holding an
     ignored label, and ``extra_labels`` further allowed values (``-1`` padding). ``domain`` generates
@@ -446,9 +447,12 @@ class Loss:
 
     def _validate(self, xp, inputs, params):
         dims: dict = {}
-        for spec, x in zip(self.inputs, inputs):
-            _match_shape(self.name, spec.name, spec.shape, tuple(x.shape), dims)
         first_shape = tuple(inputs[0].shape)
+        for spec, x in zip(self.inputs, inputs):
+            if spec.shape == "broadcast":
+                _check_broadcastable(self.name, spec.name, tuple(x.shape), first_shape)
+            else:
+                _match_shape(self.name, spec.name, spec.shape, tuple(x.shape), dims)
         if params["reduction"] in _MEAN_LIKE and array_api_compat.size(inputs[0]) == 0:
             _fail(ValueError, self.name, self.inputs[0].name, f"non-empty under reduction={params['reduction']!r} (a mean of nothing)", f"shape {first_shape}")
         for spec, x in zip(self.inputs, inputs):

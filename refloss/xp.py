@@ -37,6 +37,7 @@ __all__ = [
     "log1m",
     "one_hot",
     "take_along_axis",
+    "sum_to_shape",
     "to_numpy",
 ]
 
@@ -217,6 +218,19 @@ def take_along_axis(x, labels, /, *, axis=-1, xp=None):
         return xp.squeeze(xp.take_along_axis(x, idx, axis=axis), axis=axis)
     hot = one_hot(labels, x.shape[axis], axis=axis, xp=xp)
     return xp.sum(xp.where(hot, x, xp.zeros_like(x)), axis=axis)
+
+
+def sum_to_shape(x, shape, /, *, xp=None):
+    """Sum ``x`` down to ``shape`` (the VJP of broadcasting ``shape`` up to ``x.shape``)."""
+    xp = namespace(x) if xp is None else xp
+    shape = tuple(shape)
+    lead = x.ndim - len(shape)
+    if lead:
+        x = xp.sum(x, axis=tuple(range(lead)))
+    axes = tuple(k for k, n in enumerate(shape) if n == 1 and x.shape[k] != 1)
+    if axes:
+        x = xp.sum(x, axis=axes, keepdims=True)
+    return xp.reshape(x, shape)
 
 
 def to_numpy(x):

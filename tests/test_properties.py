@@ -82,16 +82,21 @@ def _vg(loss, inputs, params, **override):
 # ------------------------------------------------------------------------------------------------
 # Reductions agree.
 
-WEIGHTED_MEAN = ("cross_entropy", "nll_loss")
+CLASS_WEIGHTED_MEAN = ("cross_entropy", "nll_loss")  # sum(l) / sum(w[target]) over kept targets
+ELEMENT_WEIGHTED_MEAN = ("l1_loss", "mse_loss")  # sum(w e) / sum(w), PyTorch 2.x
+WEIGHTED_MEAN = CLASS_WEIGHTED_MEAN + ELEMENT_WEIGHTED_MEAN
 
 
 def test_weighted_mean_losses_are_the_known_ones():
-    # The reduction property below computes the weighted-mean normaliser of these two by hand; a
-    # new loss declaring a mean weight needs its normaliser added there.
+    # The reduction property below computes the weighted-mean normaliser of these by hand; a new
+    # loss declaring a mean weight needs its normaliser added there.
     assert sorted(l.name for l in CATALOG if l.mean_weight is not None) == sorted(WEIGHTED_MEAN)
 
 
 def _mean_normaliser(loss, case, none):
+    if loss.name in ELEMENT_WEIGHTED_MEAN:
+        weight = case.params["weight"]
+        return none.size if weight is None else float(np.sum(np.broadcast_to(weight, none.shape)))
     if loss.name not in WEIGHTED_MEAN:
         return none.size
     target = case.inputs[1]
@@ -264,13 +269,14 @@ def test_softmax_cross_entropy_gradient_rows_sum_to_zero(data, label_smoothing):
 def _math_infinite(loss, params, inputs):
     """Per differentiable input, where its derivative is mathematically infinite (``None``: nowhere).
 
-    - ``kl_div``: ``d/dp [p log p] = log p + 1`` is ``-inf`` at ``p = 0`` (without ``log_target``);
+    - ``kl_div``: ``d/dp [p log p] = log p + 1`` is ``-inf`` at ``p = 0`` (without ``log_target``, and not
+      under ``convention='keras'``, whose clip makes it 0);
     - ``jensen_shannon_divergence``: ``d JS / d p_c = log(2 p_c / (p_c + q_c)) / 2`` is ``-inf`` at
       ``p_c = 0 < q_c`` (and likewise for ``q``; at ``p_c = q_c = 0`` both partials are finite);
     - ``binary_cross_entropy(clamp='none')``: ``d/dy = log(1 - p) - log p`` is infinite at ``p`` in {0, 1}.
     """
     out = {}
-    if loss.name == "kl_div" and not params["log_target"]:
+    if loss.name == "kl_div" and not params["log_target"] and params["convention"] == "torch":
         out["target"] = inputs[1] == 0
     if loss.name == "jensen_shannon_divergence":
         p, q = inputs

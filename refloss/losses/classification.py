@@ -15,6 +15,7 @@ import array_api_compat
 
 from .. import domains as D
 from ..loss import SAMPLE, Input, Param, loss
+from .distribution import smooth_labels
 from ..xp import (
     is_floating,
     log1m,
@@ -50,6 +51,10 @@ _CLASS_WEIGHT = Param(
 _IGNORE_INDEX = Param("ignore_index", -100, kind="int", grid=(1,), doc="target value that contributes nothing")
 _SMOOTHING = Param("label_smoothing", 0.0, low=0.0, high=1.0, grid=(0.1,), doc="epsilon: targets become (1-eps) y + eps/C")
 _AXIS = Param("axis", 1, kind="int", grid=(-1,), doc="class axis (PyTorch 1; optax and Keras -1)")
+_BINARY_SMOOTHING = Param(
+    "label_smoothing", 0.0, low=0.0, high=1.0, grid=(0.2,),
+    doc="Keras style: targets move towards 0.5, (1-eps) y + eps/2",
+)
 _ELEMENT_WEIGHT = Param(
     "weight", None, kind="array", shape="broadcast", nullable=True, low=0.0, grid=(SAMPLE,),
     domain=D.class_weights, doc="rescaling weight broadcast to the input",
@@ -180,30 +185,35 @@ def cross_entropy(xp, logits, target, *, weight, ignore_index, label_smoothing, 
     Shapes: ``logits (N, C, *)`` with the class axis at ``axis``; ``target (N, *)`` integers in
     ``[0, C)`` or ``ignore_index``; ``weight (C,)``.
     """
-    num_classes = logits.shape[1]
-    lsm = log_softmax(logits, axis=1, xp=xp)
-    keep, safe = _kept(xp, target, ignore_index)
-    w_y = _target_weight(xp, weight, safe, keep, logits)
-    out = _drop_ignored(xp, keep, xmul(w_y, -take_along_axis(lsm, safe, axis=1, xp=xp), xp=xp))
-    if label_smoothing == 0:
-        return out
-    w = _per_class(xp, weight, logits)
-    smooth = _drop_ignored(xp, keep, -xp.sum(xmul(w * xp.ones_like(lsm), lsm, xp=xp), axis=1))
-    return (1 - label_smoothing) * out + (label_smoothing / num_classes) * smooth
+    a = _index_target_mass(xp, logits, target, weight, ignore_index, label_smoothing)
+    per_sample = _soft_target_cross_entropy(xp, a, log_softmax(logits, axis=1, xp=xp))
+    return _drop_ignored(xp, target != ignore_index, per_sample)
 
 
 @cross_entropy.defvjp
 def _cross_entropy_vjp(xp, cot, logits, target, *, weight, ignore_index, label_smoothing, axis):
-    num_classes = logits.shape[1]
-    p = softmax(logits, axis=1, xp=xp)
+    a = _index_target_mass(xp, logits, target, weight, ignore_index, label_smoothing)
+    return _soft_target_cross_entropy_grad(xp, cot, a, logits), None
+
+
+def _index_target_mass(xp, logits, target, weight, ignore_index, label_smoothing):
+    """``a = w * smooth(onehot(y))``, zero for ignored samples: PyTorch's index-target smoothing term
+    ``(1 - eps) w[y] nll + (eps / C) sum_c w_c (-lsm_c)`` is exactly ``-sum_c a_c lsm_c``."""
     keep, safe = _kept(xp, target, ignore_index)
-    w_y = _expand(xp, _target_weight(xp, weight, safe, keep, logits))
-    grad = (1 - label_smoothing) * w_y * (p - one_hot(safe, num_classes, axis=1, dtype=p.dtype, xp=xp))
-    if label_smoothing:
-        w = _per_class(xp, weight, logits)
-        total = xp.sum(w)
-        grad = grad + (label_smoothing / num_classes) * _expand(xp, xp.astype(keep, p.dtype)) * (total * p - w)
-    return _expand(xp, cot) * grad, None
+    hot = one_hot(safe, logits.shape[1], axis=1, dtype=logits.dtype, xp=xp)
+    mass = _per_class(xp, weight, logits) * smooth_labels(hot, label_smoothing, axis=1, xp=xp)
+    return xp.where(_expand(xp, keep), mass, xp.zeros_like(mass))
+
+
+def _soft_target_cross_entropy(xp, a, lsm):
+    """``-sum_c a_c lsm_c`` over the class axis, with ``0 * lsm = 0`` for zero mass (even at ``-inf``)."""
+    return -xp.sum(xmul(a, lsm, xp=xp), axis=1)
+
+
+def _soft_target_cross_entropy_grad(xp, cot, a, logits):
+    """d/dz of :func:`_soft_target_cross_entropy`: ``(sum_c a_c) p - a``, since ``d lsm_c / d z_k = delta_ck - p_k``."""
+    p = softmax(logits, axis=1, xp=xp)
+    return _expand(xp, cot) * (xp.sum(a, axis=1, keepdims=True) * p - a)
 
 
 @loss(
@@ -232,19 +242,15 @@ def softmax_cross_entropy(xp, logits, target, *, weight, label_smoothing, axis):
 
     Shapes: ``logits`` and ``target`` ``(N, C, *)`` with the class axis at ``axis``; ``weight (C,)``.
     """
-    lsm = log_softmax(logits, axis=1, xp=xp)
-    a = _per_class(xp, weight, logits) * ((1 - label_smoothing) * target + label_smoothing / logits.shape[1])
-    return -xp.sum(xmul(a, lsm, xp=xp), axis=1)
+    w = _per_class(xp, weight, logits)
+    return _soft_target_cross_entropy(xp, w * smooth_labels(target, label_smoothing, axis=1, xp=xp), log_softmax(logits, axis=1, xp=xp))
 
 
 @softmax_cross_entropy.defvjp
 def _softmax_cross_entropy_vjp(xp, cot, logits, target, *, weight, label_smoothing, axis):
     w = _per_class(xp, weight, logits)
-    a = w * ((1 - label_smoothing) * target + label_smoothing / logits.shape[1])
-    p = softmax(logits, axis=1, xp=xp)
-    g = _expand(xp, cot)
-    grad_logits = g * (xp.sum(a, axis=1, keepdims=True) * p - a)
-    grad_target = g * (-(1 - label_smoothing)) * w * log_softmax(logits, axis=1, xp=xp)
+    grad_logits = _soft_target_cross_entropy_grad(xp, cot, w * smooth_labels(target, label_smoothing, axis=1, xp=xp), logits)
+    grad_target = _expand(xp, cot) * (-(1 - label_smoothing)) * w * log_softmax(logits, axis=1, xp=xp)
     return grad_logits, grad_target
 
 
@@ -323,6 +329,7 @@ def _safe_ratio(xp, num, den, live):
     ],
     params=[
         _ELEMENT_WEIGHT,
+        _BINARY_SMOOTHING,
         Param(
             "clamp", "torch", kind="choice", choices=("torch", "keras", "none"), grid=("keras", "none"),
             doc="torch: each log clamped at -100; keras: p clipped to [1e-7, 1 - 1e-7]; none: exact",
@@ -334,7 +341,7 @@ def _safe_ratio(xp, num, den, live):
     },
     references=["PyTorch aten/src/ATen/native/Loss.cpp", "Keras 3 keras/src/backend/*/nn.py binary_crossentropy"],
 )
-def binary_cross_entropy(xp, input, target, *, weight, clamp):
+def binary_cross_entropy(xp, input, target, *, weight, label_smoothing, clamp):
     """Binary cross-entropy on probabilities: ``l = -w [y log p + (1 - y) log(1 - p)]``.
 
     ``clamp`` picks the convention at saturated probabilities: ``torch`` clamps each log at -100
@@ -349,15 +356,20 @@ def binary_cross_entropy(xp, input, target, *, weight, clamp):
     (both ends, e.g. ``p=0, y=0``: refloss 1, PyTorch 0); its target gradient uses the unclamped logs
     (``+-inf`` at ``p`` in ``{0, 1}``, where refloss gives ``+-100``).
 
+    ``label_smoothing`` replaces ``y`` by ``(1 - eps) y + eps / 2`` (Keras; the target gradient is
+    scaled by ``1 - eps``).
+
     Shapes: ``input`` and ``target`` alike; ``weight`` broadcastable to them.
     """
+    target = smooth_labels(target, label_smoothing, style="binary", xp=xp)
     log_p, log_q, _, _ = _bce_logs(xp, input, clamp)
     out = -(xmul(target, log_p, xp=xp) + xmul(1 - target, log_q, xp=xp))
     return out if weight is None else xmul(weight * xp.ones_like(out), out, xp=xp)
 
 
 @binary_cross_entropy.defvjp
-def _binary_cross_entropy_vjp(xp, cot, input, target, *, weight, clamp):
+def _binary_cross_entropy_vjp(xp, cot, input, target, *, weight, label_smoothing, clamp):
+    target = smooth_labels(target, label_smoothing, style="binary", xp=xp)
     log_p, log_q, live_p, live_q = _bce_logs(xp, input, clamp)
     g = cot * (1 if weight is None else weight)
     # Both logs live: (p - y) / (p (1 - p)), which does not cancel when p ~ y (the two separate
@@ -365,7 +377,7 @@ def _binary_cross_entropy_vjp(xp, cot, input, target, *, weight, clamp):
     both = _safe_ratio(xp, input - target, input * (1 - input), live_p & live_q)
     only_p = -_safe_ratio(xp, target, input, live_p & ~live_q)
     only_q = _safe_ratio(xp, 1 - target, 1 - input, live_q & ~live_p)
-    d_target = log_q - log_p
+    d_target = (1 - label_smoothing) * (log_q - log_p)
     return g * (both + only_p + only_q), g * d_target
 
 
@@ -378,7 +390,7 @@ _POS_WEIGHT = Param(
 @loss(
     family="classification",
     inputs=[Input("logits", domain=D.logits), Input("target", domain=D.binary_targets, doc="targets in [0, 1]")],
-    params=[_ELEMENT_WEIGHT, _POS_WEIGHT],
+    params=[_ELEMENT_WEIGHT, _POS_WEIGHT, _BINARY_SMOOTHING],
     counterparts={
         "torch": "torch.nn.functional.binary_cross_entropy_with_logits",
         "optax": "optax.losses.sigmoid_binary_cross_entropy (no weights)",
@@ -387,7 +399,7 @@ _POS_WEIGHT = Param(
     },
     references=["PyTorch Loss.cpp (binary_cross_entropy_with_logits)"],
 )
-def binary_cross_entropy_with_logits(xp, logits, target, *, weight, pos_weight):
+def binary_cross_entropy_with_logits(xp, logits, target, *, weight, pos_weight, label_smoothing):
     """Binary cross-entropy on logits: ``l = w [pw y softplus(-x) + (1 - y) softplus(x)]``.
 
     That is ``-w [pw y log sigma(x) + (1 - y) log sigma(-x)]``, with ``pw`` = ``pos_weight``. Exact at
@@ -397,19 +409,24 @@ def binary_cross_entropy_with_logits(xp, logits, target, *, weight, pos_weight):
     Gradients: ``d l / d x = w [(1 - y) sigma(x) - pw y sigma(-x)]``; ``d l / d y = w [pw softplus(-x) -
     softplus(x)]``.
 
+    ``label_smoothing`` replaces ``y`` by ``(1 - eps) y + eps / 2`` (Keras; the target gradient is
+    scaled by ``1 - eps``).
+
     Shapes: ``logits`` and ``target`` alike; ``weight`` and ``pos_weight`` broadcastable to them.
     """
+    target = smooth_labels(target, label_smoothing, style="binary", xp=xp)
     out = _weighted_binary_terms(xp, logits, target, _optional(pos_weight, 1.0), 1.0)
     return out if weight is None else weight * out
 
 
 @binary_cross_entropy_with_logits.defvjp
-def _bce_with_logits_vjp(xp, cot, logits, target, *, weight, pos_weight):
+def _bce_with_logits_vjp(xp, cot, logits, target, *, weight, pos_weight, label_smoothing):
+    target = smooth_labels(target, label_smoothing, style="binary", xp=xp)
     pw = _optional(pos_weight, 1.0)
     g = cot * _optional(weight, 1.0)
     return (
         g * _weighted_binary_grad_x(xp, logits, target, pw, 1.0),
-        g * _weighted_binary_grad_y(xp, logits, target, pw, 1.0),
+        g * (1 - label_smoothing) * _weighted_binary_grad_y(xp, logits, target, pw, 1.0),
     )
 
 
@@ -588,38 +605,74 @@ def _kl_parts(xp, input, target, log_target):
     return target, safe_log(target, xp=xp), target != 0  # NaN stays live, so it propagates
 
 
+_KERAS_KL_CLIP = (_KERAS_EPSILON, 1.0)
+
+
+def _keras_kl_parts(xp, input, target):
+    """Keras ``KLDivergence``: both probabilities clipped to [1e-7, 1]; masks where the clip is inactive."""
+    q = xp.clip(input, *_KERAS_KL_CLIP)
+    p = xp.clip(target, *_KERAS_KL_CLIP)
+    live_q = (input >= _KERAS_KL_CLIP[0]) & (input <= _KERAS_KL_CLIP[1])
+    live_p = (target >= _KERAS_KL_CLIP[0]) & (target <= _KERAS_KL_CLIP[1])
+    return q, p, live_q, live_p
+
+
+def _kl_check(xp, name, input, target, *, log_target, convention, **_):
+    if convention == "keras" and log_target:
+        raise ValueError(f"{name}: log_target must be False with convention='keras' (Keras takes probabilities), got True")
+
+
 @loss(
     family="classification",
     inputs=[
-        Input("input", domain=D.log_probabilities, doc="log-probabilities log q"),
+        Input("input", domain=D.kl_input, doc="log-probabilities log q (probabilities q with convention='keras')"),
         Input("target", domain=D.distributions, doc="probabilities p (log p with log_target)"),
     ],
-    params=[Param("log_target", False, kind="bool", grid=(True,), doc="target given as log-probabilities")],
+    params=[
+        Param("log_target", False, kind="bool", grid=(True,), doc="target given as log-probabilities"),
+        Param(
+            "convention", "torch", kind="choice", choices=("torch", "keras"), grid=("keras",),
+            doc="torch: input is log q; keras: input is q, both clipped to [1e-7, 1]",
+        ),
+    ],
+    check=_kl_check,
     counterparts={
         "torch": "torch.nn.functional.kl_div",
         "optax": "optax.losses.kl_divergence (kl_divergence_with_log_targets for log_target; per-example sums: reduction='batchmean')",
-        "keras": "keras.losses.KLDivergence (probability inputs, clipped to [1e-7, 1])",
+        "keras": "keras.losses.KLDivergence (convention='keras'; sums over the last axis)",
     },
-    references=["PyTorch Loss.cpp (kl_div)"],
+    references=["PyTorch Loss.cpp (kl_div)", "Keras 3 keras/src/losses/losses.py (kl_divergence)"],
 )
-def kl_div(xp, input, target, *, log_target):
+def kl_div(xp, input, target, *, log_target, convention):
     """Pointwise Kullback-Leibler divergence ``l = p (log p - x)``, ``x = log q`` (PyTorch ``kl_div``).
 
     ``p = 0`` contributes 0 even where ``x = -inf`` (the limit; PyTorch and optax give NaN). With
     ``log_target``, ``l = exp(t) (t - x)``. ``reduction='batchmean'`` gives the KL per sample; PyTorch's
-    ``mean`` divides by every element.
+    ``mean`` divides by every element. ``convention='keras'`` takes probabilities ``q`` as the input and
+    clips both to ``[1e-7, 1]``: ``l = p' log(p' / q')`` (a zero target then contributes
+    ``1e-7 log(1e-7 / q)``, not 0).
 
     Gradients: ``d l / d x = -p``; ``d l / d p = log p + 1 - x`` (``d l / d t = exp(t) (t + 1 - x)``
     with ``log_target``); at ``p = 0`` the target derivative is ``-inf`` (``log_target``: 0), where
-    PyTorch gives NaN.
+    PyTorch gives NaN. Keras: ``d l / d q = -p' / q'`` and ``d l / d p = log(p' / q') + 1`` where the
+    clip is inactive, 0 where it clips (as Keras' clip does).
     """
+    if convention == "keras":
+        q, p, _, _ = _keras_kl_parts(xp, input, target)
+        return p * (xp.log(p) - xp.log(q))
     prob, log_prob, live = _kl_parts(xp, input, target, log_target)
     zero = xp.zeros_like(input) + xp.zeros_like(prob)
     return xp.where(live, prob * (xp.where(live, log_prob, zero) - xp.where(live, input, zero)), zero)
 
 
 @kl_div.defvjp
-def _kl_div_vjp(xp, cot, input, target, *, log_target):
+def _kl_div_vjp(xp, cot, input, target, *, log_target, convention):
+    if convention == "keras":
+        q, p, live_q, live_p = _keras_kl_parts(xp, input, target)
+        zero = xp.zeros_like(q * p)
+        d_input = xp.where(live_q, -p / q, zero)
+        d_target = xp.where(live_p, xp.log(p) - xp.log(q) + 1, zero)
+        return cot * d_input, cot * d_target
     prob, log_prob, live = _kl_parts(xp, input, target, log_target)
     zero = xp.zeros_like(input) + xp.zeros_like(prob)
     inner = xp.where(live, xp.where(live, log_prob, zero) + 1 - xp.where(live, input, zero), zero)

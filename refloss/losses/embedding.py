@@ -1,0 +1,3 @@
+"""Embedding and regularizer losses (being written)."""
+
+__all__: list = []

@@ -1,0 +1,323 @@
+"""Regression losses on a residual ``d = input - target``.
+
+Every loss here is elementwise: the unreduced loss has the input's shape. ``input`` and ``target``
+must have the same shape (PyTorch broadcasts them with a warning; refloss asks for it explicitly).
+Both are differentiable; the target's gradient is minus the input's unless stated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+
+from .. import domains as D
+from ..loss import SAMPLE, Input, Param, loss
+from ..xp import sum_to_shape, xlogy
+
+__all__ = [
+    "balanced_l1_loss",
+    "gaussian_nll_loss",
+    "huber_loss",
+    "l1_loss",
+    "log_cosh_loss",
+    "mse_loss",
+    "poisson_nll_loss",
+    "smooth_l1_loss",
+]
+
+_INPUT = Input("input", domain=D.values, doc="predictions")
+_TARGET = Input("target", domain=D.values, doc="targets, the shape of input")
+_WEIGHT = Param(
+    "weight", None, kind="array", shape="broadcast", nullable=True, low=0.0, grid=(SAMPLE,),
+    domain=D.class_weights, doc="elementwise weight (PyTorch `weight`)",
+)
+
+
+def _weighted(xp, weight, values):
+    return values if weight is None else weight * values
+
+
+def _weight_normaliser(xp, input, target, *, weight, **_):
+    """PyTorch's weighted mean for l1/mse: ``sum(w e) / sum(w)`` (``None``: the element count)."""
+    return None if weight is None else weight * xp.ones_like(input)
+
+
+def _input_and_target(g):
+    return g, -g
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@loss(
+    family="regression",
+    inputs=[_INPUT, _TARGET],
+    params=[_WEIGHT],
+    mean_weight=_weight_normaliser,
+    counterparts={
+        "torch": "torch.nn.functional.l1_loss",
+        "keras": "keras.losses.MeanAbsoluteError (mean over the last axis)",
+    },
+    references=["PyTorch aten/src/ATen/native/Loss.cpp"],
+)
+def l1_loss(xp, input, target, *, weight):
+    """Absolute error ``l = w |d|``. ``mean`` is ``sum(w |d|) / sum(w)`` with a weight (PyTorch 2.x).
+
+    Gradient: ``d l / d input = w sign(d)``, with ``sign(0) = 0`` (PyTorch's subgradient).
+    """
+    return _weighted(xp, weight, xp.abs(input - target))
+
+
+@l1_loss.defvjp
+def _l1_vjp(xp, cot, input, target, *, weight):
+    return _input_and_target(cot * _weighted(xp, weight, xp.sign(input - target)))
+
+
+@loss(
+    family="regression",
+    inputs=[_INPUT, _TARGET],
+    params=[
+        _WEIGHT,
+        Param("convention", "torch", kind="choice", choices=("torch", "optax_l2"), grid=("optax_l2",),
+              doc="torch: d^2; optax_l2: d^2 / 2 (optax l2_loss, 'the 0.5 term is standard in Bishop')"),
+    ],
+    mean_weight=_weight_normaliser,
+    counterparts={
+        "torch": "torch.nn.functional.mse_loss",
+        "optax": "optax.losses.squared_error (optax.losses.l2_loss with convention='optax_l2')",
+        "keras": "keras.losses.MeanSquaredError (mean over the last axis)",
+    },
+    references=["PyTorch Loss.cpp", "optax/losses/_regression.py"],
+)
+def mse_loss(xp, input, target, *, weight, convention):
+    """Squared error ``l = w d^2`` (``w d^2 / 2`` with ``convention='optax_l2'``). ``mean`` is
+    ``sum(w d^2) / sum(w)`` with a weight (PyTorch 2.x).
+
+    Gradient: ``d l / d input = 2 w d`` (``w d`` for optax's l2).
+    """
+    d = input - target
+    scale = 0.5 if convention == "optax_l2" else 1.0
+    return _weighted(xp, weight, scale * d * d)
+
+
+@mse_loss.defvjp
+def _mse_vjp(xp, cot, input, target, *, weight, convention):
+    factor = 1.0 if convention == "optax_l2" else 2.0
+    return _input_and_target(cot * _weighted(xp, weight, factor * (input - target)))
+
+
+def _piecewise_quadratic(xp, d, knee, slope):
+    """``slope/knee * d^2 / 2`` for ``|d| < knee``, ``slope (|d| - knee/2)`` beyond: the one curve
+    behind Smooth L1 (``slope = 1, knee = beta``) and Huber (``slope = knee = delta``)."""
+    a = xp.abs(d)
+    return xp.where(a < knee, (0.5 * (slope / knee)) * d * d, slope * (a - 0.5 * knee))
+
+
+def _piecewise_quadratic_grad(xp, d, knee, slope):
+    return xp.where(xp.abs(d) < knee, (slope / knee) * d, slope * xp.sign(d))
+
+
+@loss(
+    family="regression",
+    inputs=[_INPUT, _TARGET],
+    params=[Param("beta", 1.0, low=0.0, grid=(0.0, 0.3, 2.0), doc="width of the quadratic zone; 0 gives L1 exactly")],
+    counterparts={
+        "torch": "torch.nn.functional.smooth_l1_loss",
+        "fvcore": "fvcore.nn.smooth_l1_loss (beta < 1e-5 is plain L1 there)",
+    },
+    references=["Girshick, Fast R-CNN, ICCV 2015", "PyTorch Loss.cpp (smooth_l1_loss)"],
+)
+def smooth_l1_loss(xp, input, target, *, beta):
+    """Smooth L1: ``l = d^2 / (2 beta)`` for ``|d| < beta``, else ``|d| - beta / 2``; ``beta = 0`` is
+    exactly L1 (PyTorch dispatches to ``l1_loss``). ``huber_loss(delta) = delta * smooth_l1_loss(beta=delta)``.
+
+    Gradient: ``d / beta`` inside, ``sign(d)`` outside (the linear branch starts at ``|d| = beta``).
+    """
+    d = input - target
+    return xp.abs(d) if beta == 0 else _piecewise_quadratic(xp, d, beta, 1.0)
+
+
+@smooth_l1_loss.defvjp
+def _smooth_l1_vjp(xp, cot, input, target, *, beta):
+    d = input - target
+    return _input_and_target(cot * (xp.sign(d) if beta == 0 else _piecewise_quadratic_grad(xp, d, beta, 1.0)))
+
+
+@loss(
+    family="regression",
+    inputs=[_INPUT, _TARGET],
+    params=[Param("delta", 1.0, low=0.0, low_open=True, grid=(0.5, 2.0), doc="where the quadratic turns linear"), _WEIGHT],
+    counterparts={
+        "torch": "torch.nn.functional.huber_loss",
+        "optax": "optax.losses.huber_loss",
+        "keras": "keras.losses.Huber (mean over the last axis)",
+    },
+    references=["Huber, Robust estimation of a location parameter, 1964", "PyTorch Loss.cpp (huber_loss)"],
+)
+def huber_loss(xp, input, target, *, delta, weight):
+    """Huber: ``l = w d^2 / 2`` for ``|d| < delta``, else ``w delta (|d| - delta / 2)``.
+
+    With a weight, ``mean`` divides by the element count (PyTorch's ``huber_loss``, unlike its
+    ``l1_loss``/``mse_loss``).
+
+    Gradient: ``w d`` inside, ``w delta sign(d)`` outside.
+    """
+    return _weighted(xp, weight, _piecewise_quadratic(xp, input - target, delta, delta))
+
+
+@huber_loss.defvjp
+def _huber_vjp(xp, cot, input, target, *, delta, weight):
+    return _input_and_target(cot * _weighted(xp, weight, _piecewise_quadratic_grad(xp, input - target, delta, delta)))
+
+
+@loss(
+    family="regression",
+    inputs=[_INPUT, _TARGET],
+    counterparts={"optax": "optax.losses.log_cosh", "keras": "keras.losses.LogCosh (mean over the last axis)"},
+    references=["optax/losses/_regression.py (log_cosh)"],
+)
+def log_cosh_loss(xp, input, target):
+    """``l = log(cosh(d))``, computed without overflow or cancellation:
+    ``log1p(2 sinh(d/2)^2)`` for ``|d| < 1`` (full relative precision near 0, where ``l ~ d^2 / 2``) and
+    ``|d| + log1p(exp(-2|d|)) - log 2`` beyond.
+
+    Gradient: ``tanh(d)``.
+    """
+    a = xp.abs(input - target)
+    small = a < 1
+    s = xp.sinh(xp.where(small, a, xp.zeros_like(a)) / 2)
+    return xp.where(small, xp.log1p(2 * s * s), a + xp.log1p(xp.exp(-2 * a)) - math.log(2))
+
+
+@log_cosh_loss.defvjp
+def _log_cosh_vjp(xp, cot, input, target):
+    return _input_and_target(cot * xp.tanh(input - target))
+
+
+def _stirling(xp, y):
+    """``y log y - y + log(2 pi y) / 2`` where ``y > 1``, else 0 (PyTorch's and TF's ``full`` term)."""
+    big = y > 1
+    ys = xp.where(big, y, xp.ones_like(y))
+    return xp.where(big, xlogy(ys, ys, xp=xp) - ys + 0.5 * xp.log(2 * math.pi * ys), xp.zeros_like(y))
+
+
+def _poisson_check(xp, name, input, target, *, log_input, **_):
+    if not log_input and array_api_compat.size(input) and bool(xp.any(input < 0)):
+        raise ValueError(f"{name}: input must be a rate >= 0 with log_input=False, got values down to {float(xp.min(input))!r}")
+
+
+@loss(
+    family="regression",
+    inputs=[
+        Input("input", domain=D.poisson_input, doc="log-rate (log_input=True) or rate"),
+        Input("target", differentiable=False, values=(0.0, math.inf), domain=D.counts, doc="counts"),
+    ],
+    params=[
+        Param("log_input", True, kind="bool", grid=(False,), doc="input is log(rate) (PyTorch's default) or the rate"),
+        Param("full", False, kind="bool", grid=(True,), doc="add the Stirling term for targets > 1"),
+        Param("eps", 1e-8, low=0.0, low_open=True, doc="added to the rate inside the log when log_input=False"),
+    ],
+    check=_poisson_check,
+    counterparts={
+        "torch": "torch.nn.functional.poisson_nll_loss",
+        "tf": "tf.nn.log_poisson_loss (log_input=True; compute_full_loss=full)",
+        "keras": "keras.losses.Poisson (log_input=False, eps=1e-7, mean over the last axis)",
+    },
+    references=["PyTorch torch/nn/functional.py (poisson_nll_loss)"],
+)
+def poisson_nll_loss(xp, input, target, *, log_input, full, eps):
+    """Poisson negative log-likelihood of counts ``y`` (the constant ``log y!`` dropped):
+
+    ``l = exp(x) - y x`` for a log-rate ``x``; ``l = x - y log(x + eps)`` for a rate. ``full`` adds
+    Stirling's ``y log y - y + log(2 pi y) / 2`` where ``y > 1`` (0 elsewhere, as PyTorch and TF).
+
+    Gradient: ``exp(x) - y`` (log-rate) or ``1 - y / (x + eps)``. The target is data (counts) and is
+    not differentiated; the Stirling term is discontinuous at ``y = 1``.
+    """
+    if log_input:
+        out = xp.exp(input) - target * input
+    else:
+        out = input - xlogy(target, input + eps, xp=xp)
+    return out + _stirling(xp, target) if full else out
+
+
+@poisson_nll_loss.defvjp
+def _poisson_vjp(xp, cot, input, target, *, log_input, full, eps):
+    d_input = xp.exp(input) - target if log_input else 1 - target / (input + eps)
+    return cot * d_input, None
+
+
+@loss(
+    family="regression",
+    inputs=[_INPUT, _TARGET, Input("var", shape="broadcast", values=(0.0, math.inf), domain=D.variances,
+                                   doc="variance, broadcastable to input (homoscedastic: last dimension 1)")],
+    params=[
+        Param("full", False, kind="bool", grid=(True,), doc="add log(2 pi) / 2"),
+        Param("eps", 1e-6, low=0.0, low_open=True, doc="variances are clamped to at least eps"),
+    ],
+    counterparts={"torch": "torch.nn.functional.gaussian_nll_loss"},
+    references=["PyTorch torch/nn/functional.py (gaussian_nll_loss)", "Nix & Weigend, ICNN 1994"],
+)
+def gaussian_nll_loss(xp, input, target, var, *, full, eps):
+    """Gaussian negative log-likelihood with a predicted variance::
+
+        l = (log v + d^2 / v) / 2  (+ log(2 pi) / 2 when full),   v = max(var, eps)
+
+    The clamp follows PyTorch: ``eps`` clamps, it is not added, and the gradient passes straight
+    through the clamp (PyTorch clamps a clone in place under ``no_grad``): for ``var < eps`` the
+    variance gets ``(1/v - d^2/v^2) / 2`` at ``v = eps``, not 0. Negative variances are rejected.
+
+    Gradients: ``d l / d input = d / v``, ``d l / d target = -d / v``,
+    ``d l / d var = (1 / v - d^2 / v^2) / 2`` summed over broadcast dimensions.
+    """
+    v = xp.maximum(var, eps)
+    d = input - target
+    out = 0.5 * (xp.log(v) + d * d / v)
+    return out + 0.5 * math.log(2 * math.pi) if full else out
+
+
+@gaussian_nll_loss.defvjp
+def _gaussian_nll_vjp(xp, cot, input, target, var, *, full, eps):
+    v = xp.maximum(var, eps)
+    d = input - target
+    g_input = cot * d / v
+    g_var = sum_to_shape(cot * 0.5 * (1 / v - (d / v) * (d / v)), var.shape, xp=xp)
+    return g_input, -g_input, g_var
+
+
+@loss(
+    family="regression",
+    inputs=[_INPUT, _TARGET],
+    params=[
+        Param("alpha", 0.5, low=0.0, low_open=True, grid=(0.3,), doc="gradient of the inlier zone"),
+        Param("gamma", 1.5, low=0.0, low_open=True, grid=(1.0,), doc="gradient bound of outliers"),
+        Param("beta", 1.0, low=0.0, low_open=True, grid=(0.5,), doc="inlier/outlier threshold"),
+    ],
+    counterparts={"mmdet": "mmdet.models.losses.balanced_l1_loss"},
+    references=["Pang et al., Libra R-CNN, CVPR 2019"],
+)
+def balanced_l1_loss(xp, input, target, *, alpha, gamma, beta):
+    """Balanced L1 (Libra R-CNN), with ``t = |d|`` and ``b = e^(gamma/alpha) - 1``::
+
+        l = alpha/b (b t + 1) log(1 + b t / beta) - alpha t     for t < beta
+        l = gamma t + gamma / b - alpha beta                     otherwise
+
+    Continuous at ``t = beta`` (``alpha log(1 + b) = gamma``); differentiable there only for ``beta = 1``.
+
+    Gradient: ``sign(d) [alpha log(1 + b t / beta) + alpha (b t + 1) / (b t + beta) - alpha]`` inside,
+    ``gamma sign(d)`` outside.
+    """
+    t = xp.abs(input - target)
+    b = math.exp(gamma / alpha) - 1
+    inside = (alpha / b) * (b * t + 1) * xp.log1p(b * t / beta) - alpha * t
+    return xp.where(t < beta, inside, gamma * t + gamma / b - alpha * beta)
+
+
+@balanced_l1_loss.defvjp
+def _balanced_l1_vjp(xp, cot, input, target, *, alpha, gamma, beta):
+    d = input - target
+    t = xp.abs(d)
+    b = math.exp(gamma / alpha) - 1
+    inside = alpha * xp.log1p(b * t / beta) + alpha * (b * t + 1) / (b * t + beta) - alpha
+    return _input_and_target(cot * xp.sign(d) * xp.where(t < beta, inside, xp.full_like(t, gamma)))
