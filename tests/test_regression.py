@@ -88,3 +88,27 @@ def test_balanced_l1_is_continuous_at_beta():
     assert below == pytest.approx(at, abs=1e-10)
     b = math.exp(gamma / alpha) - 1
     assert at == pytest.approx(gamma * beta + gamma / b - alpha * beta, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    "name, params, knee",
+    [
+        ("smooth_l1_loss", {"beta": 1.0}, 1.0),
+        ("smooth_l1_loss", {"beta": 0.3}, 0.3),
+        ("huber_loss", {"delta": 2.0}, 2.0),
+        ("balanced_l1_loss", {"beta": 0.5}, 0.5),
+        ("balanced_l1_loss", {}, 1.0),
+        ("l1_loss", {}, 0.0),
+    ],
+)
+def test_gradient_is_proven_on_both_sides_of_each_kink(name, params, knee):
+    from refloss.proof import central_difference
+
+    loss = refloss.get(name)
+    rng = np.random.default_rng(11)
+    offsets = np.array([-0.02, -0.01, 0.01, 0.02])  # far enough that the stencil (|h v| < 1e-3) stays on one side
+    for sign in (1.0, -1.0):
+        residual = sign * (knee + offsets)
+        target = rng.normal(size=4)
+        rows = central_difference(loss, [target + residual, target], {**params, "reduction": "sum"}, rng)
+        assert rows and all(r.ok for r in rows), [(r.input, r.error, r.detail) for r in rows if not r.ok]
