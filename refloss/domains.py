@@ -161,3 +161,175 @@ def poisson_input(rng, shape, tag, dims, params):
     if tag == "typical":
         return rng.uniform(0.1, 5.0, size=shape)
     return 10.0 ** rng.uniform(-12, 6, size=shape) if tag == "extreme" else rng.choice([0.0, 1.0], size=shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Embeddings and metric learning.
+#
+# Each is ``domain(rng, shape, tag, dims, params) -> numpy array``. Typical inputs keep away from
+# every kink the losses have (zero distances, hinge corners, ties of a min or of a top-k); extreme
+# inputs have rows of norm 1e-100 to 1e100; edge inputs are small-integer lattices, where zero rows,
+# duplicated rows across inputs (a == p), ties and hinge corners all occur.
+
+
+def _rows(rng, shape, norms):
+    """Random directions scaled to the given row norms (``norms`` broadcast to ``shape[:-1] + (1,)``)."""
+    z = rng.normal(size=shape)
+    n = np.linalg.norm(z, axis=-1, keepdims=True)
+    return z / np.where(n > 0, n, 1.0) * norms
+
+
+def _magnitude_rows(rng, shape, low_exp, high_exp):
+    return _rows(rng, shape, 10.0 ** rng.uniform(low_exp, high_exp, size=shape[:-1] + (1,)))
+
+
+def _lattice(rng, shape):
+    """Entries in {-1, 0, 1}, the first row zero: zeros, duplicates and ties across inputs."""
+    out = rng.integers(-1, 2, size=shape).astype(float)
+    if out.ndim and out.shape[0]:
+        out[0] = 0.0
+    return out
+
+
+def _jitter(rng, shape, low, high):
+    """Entries of magnitude in [low, high] with random signs: never within ``low`` of zero."""
+    return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(low, high, size=shape)
+
+
+def embeddings(rng, shape, tag, dims, params):
+    """Feature rows: N(0, 1) typically; rows of norm 1e-100 to 1e100 when extreme; a {-1, 0, 1}
+    lattice with a zero row at the edge."""
+    if tag == "typical":
+        return rng.normal(size=shape)
+    if tag == "extreme":
+        return _magnitude_rows(rng, shape, -100.0, 100.0)
+    return _lattice(rng, shape)
+
+
+def moderate_embeddings(rng, shape, tag, dims, params):
+    """As :func:`embeddings`, but extreme inputs are typical ones scaled by one factor 1e-60 to 1e60
+    (for losses of degree 4 in the features, such as center-invariant: the value would otherwise
+    leave the float64 range, and a gradient that cancels between rows 1e30 apart is only accurate
+    to a few ulps of the largest row, not of itself)."""
+    if tag == "extreme":
+        return rng.normal(size=shape) * 10.0 ** rng.uniform(-60.0, 60.0)
+    return embeddings(rng, shape, tag, dims, params)
+
+
+def pair_first(rng, shape, tag, dims, params):
+    """First members of pairs: typical rows have norm in [0.3, 0.5] or in [2.5, 3], so that, against
+    :func:`pair_second` (norm <= 0.1), distances lie in [0.2, 0.6] or [2.4, 3.1]: away from zero and
+    from the margins the contrastive loss is proven at (1 and 2, as distance or squared distance)."""
+    if tag != "typical":
+        return embeddings(rng, shape, tag, dims, params)
+    near = rng.random(size=shape[:-1] + (1,)) < 0.6
+    return _rows(rng, shape, np.where(near, rng.uniform(0.3, 0.5, size=near.shape), rng.uniform(2.5, 3.0, size=near.shape)))
+
+
+def pair_second(rng, shape, tag, dims, params):
+    """Second members of pairs: typical rows of norm at most 0.1 (see :func:`pair_first`)."""
+    if tag != "typical":
+        return embeddings(rng, shape, tag, dims, params)
+    return _rows(rng, shape, rng.uniform(0.0, 0.1, size=shape[:-1] + (1,)))
+
+
+def triplet_anchors(rng, shape, tag, dims, params):
+    """Anchors: typical entries of magnitude 0.02 to 0.03 (near the origin, no zero coordinate)."""
+    if tag != "typical":
+        return embeddings(rng, shape, tag, dims, params)
+    return _jitter(rng, shape, 0.02, 0.03)
+
+
+def triplet_positives(rng, shape, tag, dims, params):
+    """Positives: typical first coordinate in [0.9, 1], the others in [0.04, 0.05]."""
+    if tag != "typical":
+        return embeddings(rng, shape, tag, dims, params)
+    out = rng.uniform(0.04, 0.05, size=shape)
+    out[..., 0] = rng.uniform(0.9, 1.0, size=shape[:-1])
+    return out
+
+
+def triplet_negatives(rng, shape, tag, dims, params):
+    """Negatives, typical rows from three clusters, so that every triplet is clearly (by 0.07 or
+    more) on one side of its hinge and of the swap's min, for p in {1, 2, 3}, margins 1 and 2.5
+    (FaceNet: 0.2 and 1), no coordinate of a difference is within 0.01 of zero, and (for p = 1)
+    the anchor's gradient ``sign(a - p) - sign(a - n)`` of an active triplet is never 0:
+
+    - near the anchor (first coordinate in [-0.12, -0.1], the others of magnitude 0.1 to 0.12):
+      active, ``d(a, n) < d(p, n)``;
+    - just past the positive (first coordinate in [1.2, 1.25], the others in [-0.08, -0.06]):
+      active for the distance triplet, ``d(p, n) < d(a, n)`` (the swap picks it), inactive for
+      FaceNet at alpha 0.2;
+    - far (norm 4 to 5): inactive.
+    """
+    if tag != "typical":
+        return embeddings(rng, shape, tag, dims, params)
+    near = _jitter(rng, shape, 0.1, 0.12)
+    near[..., 0] = -rng.uniform(0.1, 0.12, size=shape[:-1])
+    past = -rng.uniform(0.06, 0.08, size=shape)
+    past[..., 0] = rng.uniform(1.2, 1.25, size=shape[:-1])
+    far = _rows(rng, shape, rng.uniform(4.0, 5.0, size=shape[:-1] + (1,)))
+    pick = rng.integers(0, 3, size=shape[:-1])[..., None]
+    return np.where(pick == 0, near, np.where(pick == 1, past, far))
+
+
+def radii(rng, shape, tag, dims, params):
+    """A ring radius, shape (1,) whatever ``shape``: in [0.5, 2] typically, 1e-100 to 1e100 when
+    extreme, 0 at the edge."""
+    if tag == "typical":
+        return rng.uniform(0.5, 2.0, size=(1,))
+    if tag == "extreme":
+        return 10.0 ** rng.uniform(-100.0, 100.0, size=(1,))
+    return np.zeros(1)
+
+
+def batch_labels(rng, shape, tag, dims, params):
+    """Integer class ids of any value (classes are told apart by equality): two classes typically;
+    ids near 1e12 and negative ids when extreme; one class or all distinct at the edge."""
+    if tag == "typical":
+        return rng.integers(0, 2, size=shape).astype(np.int64)
+    if tag == "extreme":
+        return (rng.choice([-7, 10**12], size=shape) + rng.integers(0, 3, size=shape)).astype(np.int64)
+    n = int(np.prod(shape))
+    if rng.random() < 0.5:
+        return np.zeros(shape, dtype=np.int64)
+    return np.arange(n, dtype=np.int64).reshape(shape)
+
+
+def sign_targets(rng, shape, tag, dims, params):
+    """Targets in {-1, +1}; at the edge also 0 and 2 (PyTorch gives other values a meaning)."""
+    if tag == "edge":
+        return rng.choice([-1.0, 0.0, 1.0, 2.0], size=shape)
+    return rng.choice([-1.0, 1.0], size=shape)
+
+
+
+def ranking_first(rng, shape, tag, dims, params):
+    """Scores ``0.5 k + 0.25 + u`` (integer ``k``, ``|u| <= 0.05``): against :func:`ranking_second`,
+    ``x1 - x2`` stays 0.15 away from every multiple of 0.5, hence from the hinge at any margin that
+    is one. Extreme: magnitudes 1e50 to 1e100; edge: integers in [-1, 1]."""
+    if tag == "typical":
+        return 0.5 * rng.integers(-4, 5, size=shape) + 0.25 + rng.uniform(-0.05, 0.05, size=shape)
+    if tag == "extreme":
+        return _signed_magnitudes(rng, shape, 50.0, 100.0)
+    return rng.integers(-1, 2, size=shape).astype(float)
+
+
+def ranking_second(rng, shape, tag, dims, params):
+    """Scores ``0.5 k + u`` (see :func:`ranking_first`)."""
+    if tag == "typical":
+        return 0.5 * rng.integers(-4, 5, size=shape) + rng.uniform(-0.05, 0.05, size=shape)
+    return ranking_first(rng, shape, tag, dims, params)
+
+
+def hinge_inputs(rng, shape, tag, dims, params):
+    """Distances for the hinge embedding loss: typically in [-0.5, 3], at least 0.05 from the margin;
+    signed magnitudes 1e50 to 1e100 when extreme; exactly the margin and 0 at the edge."""
+    margin = params.get("margin", 1.0)
+    if tag == "typical":
+        x = rng.uniform(-0.5, 3.0, size=shape)
+        close = np.abs(x - margin) < 0.05
+        return np.where(close, x + np.where(x >= margin, 0.1, -0.1), x)
+    if tag == "extreme":
+        return _signed_magnitudes(rng, shape, 50.0, 100.0)
+    return rng.choice([0.0, float(margin), 2.0 * margin], size=shape)

@@ -1,3 +1,912 @@
-"""Embedding and regularizer losses (being written)."""
+"""Embedding (metric-learning) losses and feature regularisers.
 
-__all__: list = []
+Centre-based regularisers (center loss and its centre update, center-invariant loss, range loss,
+ring loss), pair and triplet losses (contrastive, PyTorch and FaceNet triplet), and PyTorch's
+embedding losses (cosine embedding, margin ranking, hinge embedding).
+
+Layout: feature vectors are rows, ``(N, D)``; integer class labels are ``(N,)``; centres ``(C, D)``.
+Every forward returns the unreduced loss (one value per sample; :func:`range_loss`, a loss of the
+whole batch, returns a scalar). Every VJP is derived by hand, in closed form, and stated
+in the docstring.
+
+Distances are computed without overflow or underflow of intermediate powers: a row is divided by a
+power of two near its largest magnitude (exact), the norm taken, and the power of two multiplied
+back (:func:`_lp_norm`). Where a norm is zero its gradient ``v / ||v||`` is undefined; refloss
+uses 0 there, as PyTorch's norm backward does.
+
+Subgradients at hinge corners (``max(z, 0)`` at ``z = 0``) follow the implementation each loss is
+checked against: PyTorch's ``clamp_min`` (triplet, cosine embedding, margin ranking, hinge
+embedding) and TensorFlow's ``maximum`` (FaceNet) pass the full gradient at ``z = 0``; Caffe
+(contrastive, range) and ``relu`` (pytorch-metric-learning) pass none.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+
+from .. import domains as D
+from ..loss import Input, Param, loss
+from ..xp import namespace, one_hot, sum_to_shape, xmul
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers.
+
+# aten/src/ATen/native/Loss.cpp: ``constexpr float EPSILON = 1e-12``, a float32 constant, so the value
+# PyTorch adds (in every dtype) is float32(1e-12) = 9.999999960041972e-13, not 1e-12.
+_TORCH_COSINE_EPSILON = 9.999999960041972e-13
+
+
+def _device(x):
+    return array_api_compat.device(x)
+
+
+def _row_scale(xp, a):
+    """``(e, s = 2**e)`` per row of ``a >= 0`` (last axis removed): ``e = floor(log2(max a))``, and
+    ``e = 0`` for rows whose maximum is 0 or not finite. Dividing by ``s`` is exact."""
+    m = xp.max(a, axis=-1)
+    live = (m > 0) & (m < math.inf)
+    e = xp.where(live, xp.floor(xp.log2(xp.where(live, m, xp.ones_like(m)))), xp.zeros_like(m))
+    return e, 2.0**e
+
+
+def _lp_norm(xp, v, p, eps=0.0):
+    """``(sum_k |v_k|^p + eps)^(1/p)`` along the last axis, for ``p >= 1`` and ``eps >= 0``.
+
+    Rows are divided by the power of two ``s`` with ``max |v| / s`` in [1, 2) (exact), so no
+    intermediate power overflows or underflows for ``p <= 100``: ``s (sum (|v|/s)^p + eps s^-p)^(1/p)``. Where ``s < 1`` and ``eps > 0``
+    the ``eps`` term dominates the rounding and the unscaled sum is used instead (``s^p`` may then
+    underflow harmlessly). ``p = 1`` is the plain sum, which cannot overflow unless the result does.
+    """
+    a = xp.abs(v)
+    if p == 1:
+        out = xp.sum(a, axis=-1)
+        return out + eps if eps else out
+    e, s = _row_scale(xp, a)
+    u = a / xp.expand_dims(s, axis=-1)
+    total = xp.sum(u * u, axis=-1) if p == 2 else xp.sum(u**p, axis=-1)
+
+    def root(z):
+        return xp.sqrt(z) if p == 2 else z ** (1.0 / p)
+
+    if not eps:
+        return s * root(total)
+    big = e >= 0
+    e_big = xp.where(big, e, xp.zeros_like(e))
+    e_small = xp.where(big, xp.zeros_like(e), e)
+    scaled = 2.0**e_big * root(total + eps * 2.0 ** (-p * e_big))
+    plain = root(2.0 ** (p * e_small) * total + eps)
+    return xp.where(big, scaled, plain)
+
+
+def _lp_norm_grad(xp, v, norm, p):
+    """``d norm / d v = sign(v) (|v| / norm)^(p - 1)`` for the norm of :func:`_lp_norm` (``|v_k| <=
+    norm``, so nothing overflows); 0 where ``norm = 0`` (PyTorch's norm backward)."""
+    zero = norm == 0
+    den = xp.expand_dims(xp.where(zero, xp.ones_like(norm), norm), axis=-1)
+    if p == 1:
+        g = xp.sign(v) * xp.ones_like(den)
+    elif p == 2:
+        g = v / den
+    else:
+        g = xp.sign(v) * (xp.abs(v) / den) ** (p - 1)
+    return xp.where(xp.expand_dims(zero, axis=-1), xp.zeros_like(g), g)
+
+
+def _split_cotangent(xp, cot):
+    """``(kappa, cot / kappa)`` with ``kappa = max |cot|`` (1 if that is 0, not finite, or ``cot``
+    empty). For VJPs that sum cotangent-weighted terms across samples: a uniform cotangent (every
+    mean-like reduction) becomes exactly 1, so those reductions give the ``sum`` gradient times
+    ``kappa`` to an ulp, even where the sum cancels."""
+    if array_api_compat.size(cot) == 0:
+        return 1.0, cot
+    kappa = xp.max(xp.abs(cot))
+    kappa = xp.where((kappa > 0) & (kappa < math.inf), kappa, xp.ones_like(kappa))
+    return kappa, cot / kappa
+
+
+def _col(xp, x):
+    """``(N,)`` -> ``(N, 1)``, to scale rows."""
+    return xp.expand_dims(x, axis=-1)
+
+
+def _hinge(xp, z):
+    return xp.maximum(z, xp.zeros_like(z))
+
+
+def _indicator(xp, mask, like):
+    return xp.astype(mask, like.dtype)
+
+
+def _propagate_nan(xp, out, value):
+    """``out``, with NaN wherever ``value`` is NaN (for inputs a branch would otherwise ignore)."""
+    return xp.where(xp.isnan(value), value, out)
+
+
+def _need_features(index, arg):
+    """Check hook: input ``index`` (called ``arg``) has at least one feature column, D >= 1 (norms and
+    maxima along an empty axis are undefined). The other inputs share its D."""
+
+    def check(xp, name, *inputs, **params):
+        x = inputs[index]
+        if x.ndim == 2 and x.shape[1] == 0:
+            raise ValueError(f"{name}: {arg} must have at least one feature column (D >= 1), got shape {tuple(x.shape)}")
+
+    return check
+
+
+_FEATURES = Input("features", shape="N D", domain=D.embeddings, doc="feature vectors, one per row")
+_CLASS_LABELS = Input(
+    "labels", dtype="int", shape="N", differentiable=False, classes="C", domain=D.class_indices,
+    doc="class index of each feature row",
+)
+_CENTERS = Input("centers", shape="C D", domain=D.embeddings, doc="class centres, one per row")
+
+
+# ------------------------------------------------------------------------------------------------
+# Center loss and the centre update.
+
+
+@loss(
+    family="embedding",
+    inputs=[_FEATURES, _CLASS_LABELS, _CENTERS],
+    check=_need_features(0, "features"),
+    counterparts={
+        "caffe": "CenterLossLayer (ydwen/caffe-face; forward and feature gradient; its centre diff is center_update)",
+        "pytorch-center-loss": "CenterLoss (KaiyangZhou; = 2x the mean here, plus (C - 1) 1e-12 from its clamp)",
+        "facenet": "facenet.center_loss (davidsandberg; tf.nn.l2_loss, i.e. reduction='sum')",
+    },
+    references=[
+        "Wen, Zhang, Li, Qiao, A Discriminative Feature Learning Approach for Deep Face Recognition, ECCV 2016",
+        "ydwen/caffe-face src/caffe/layers/center_loss_layer.cpp",
+        "003 seed, Center Loss",
+    ],
+)
+def center_loss(xp, features, labels, centers):
+    """Center loss: half the squared distance of each feature to its class centre::
+
+        l_i = 1/2 ||x_i - c_{y_i}||^2
+
+    ``reduction='sum'`` is the paper's ``L_C``; ``'mean'`` the official Caffe layer (divides by the
+    batch size M); KaiyangZhou's PyTorch port has no 1/2 (twice ``'mean'``, plus ``(C - 1) 1e-12``
+    from a clamp applied after masking).
+
+    Gradient (exact): ``d l_i / d x_i = x_i - c_{y_i}`` and ``d L / d c_j = -sum_{i: y_i = j} (x_i -
+    c_j)``, since ``l_i`` depends on ``c`` only through ``c_{y_i}``. The Caffe layer and its PyTorch
+    ports do **not** back-propagate this into the centres: they move the centres with the paper's
+    Eq. 4 update, ``delta c_j = sum_{i: y_i = j} (c_j - x_i) / (1 + n_j)``, which is
+    :func:`center_update` here.
+
+    Shapes: ``features (N, D)``, ``labels (N,)`` integers in ``[0, C)``, ``centers (C, D)``.
+    """
+    diff = features - xp.take(centers, labels, axis=0)
+    return 0.5 * xp.sum(diff * diff, axis=1)
+
+
+@center_loss.defvjp
+def _center_loss_vjp(xp, cot, features, labels, centers):
+    diff = features - xp.take(centers, labels, axis=0)
+    kappa, unit = _split_cotangent(xp, cot)
+    hot = one_hot(labels, centers.shape[0], dtype=diff.dtype, xp=xp)
+    return _col(xp, cot) * diff, None, -kappa * xp.matmul(xp.matrix_transpose(hot), _col(xp, unit) * diff)
+
+
+def center_update(features, labels, centers, alpha=0.5):
+    """One centre update of Wen et al. (ECCV 2016), Eq. 4, as the Caffe layer applies it::
+
+        delta c_j = sum_{i: y_i = j} (c_j - x_i) / (1 + n_j),     c_j <- c_j - alpha delta c_j
+
+    with ``n_j`` the number of samples of class ``j`` in the batch (classes absent from the batch do
+    not move). This is not a gradient of :func:`center_loss` (the ``1 / (1 + n_j)`` damping and the
+    independence from the loss weight are the point of the rule); in Caffe ``alpha`` is the centre
+    blob's learning rate. facenet's ``alfa`` is ``1 - alpha`` of a per-sample version of this rule.
+
+    Returns the new centres, an array of the inputs' namespace; the inputs are not modified.
+
+    Shapes: ``features (N, D)``, ``labels (N,)`` integers in ``[0, C)``, ``centers (C, D)``;
+    ``alpha`` a real number in [0, 1] (the paper's range).
+    """
+    name = "center_update"
+    for arg, x in (("features", features), ("labels", labels), ("centers", centers)):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"{name}: {arg} must be an array (NumPy, CuPy, array-api-strict, ...), got {type(x).__name__}")
+    try:
+        xp = namespace(features, labels, centers)
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from None
+    for arg, x in (("features", features), ("centers", centers)):
+        if not xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(f"{name}: {arg} must be a real floating array, got dtype {x.dtype}")
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise TypeError(f"{name}: labels must be an integer array (class indices), got dtype {labels.dtype}")
+    if features.ndim != 2:
+        raise ValueError(f"{name}: features must be of shape (N, D), got shape {tuple(features.shape)}")
+    n, d = features.shape
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"{name}: labels must be of shape (N={n},), got shape {tuple(labels.shape)}")
+    if centers.ndim != 2 or centers.shape[1] != d:
+        raise ValueError(f"{name}: centers must be of shape (C, D={d}), got shape {tuple(centers.shape)}")
+    c = centers.shape[0]
+    if n and bool(xp.any((labels < 0) | (labels >= c))):
+        raise ValueError(
+            f"{name}: labels must be class indices in [0, {c}), got values in [{int(xp.min(labels))}, {int(xp.max(labels))}]"
+        )
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{name}: alpha must be a real number in [0.0, 1.0], got {alpha!r}")
+    hot = one_hot(labels, c, dtype=centers.dtype, xp=xp)
+    counts = xp.sum(hot, axis=0)
+    pull = xp.matmul(xp.matrix_transpose(hot), xp.take(centers, labels, axis=0) - features)
+    return centers - alpha * (pull / _col(xp, 1 + counts))
+
+
+# ------------------------------------------------------------------------------------------------
+# Center-invariant loss.
+
+
+@loss(
+    family="embedding",
+    inputs=[
+        Input("features", shape="N D", differentiable=False, domain=D.moderate_embeddings,
+              doc="feature vectors (the value does not depend on them)"),
+        _CLASS_LABELS,
+        Input("centers", shape="C D", domain=D.moderate_embeddings, doc="class centres"),
+    ],
+    check=_need_features(0, "features"),
+    counterparts={
+        "caffe": "CenterLossLayer (wuyuebupt/caffe-face, branch center-invariant-loss; 'cia only' build, "
+        "gradient pushed onto the features instead)",
+    },
+    references=[
+        "Wu, Liu, Li, Fu, Deep Face Recognition with Center Invariant Loss, ACM MM Workshops (Thematic Workshops) 2017",
+        "wuyuebupt/caffe-face (branch center-invariant-loss) src/caffe/layers/center_loss_layer.cpp",
+        "003 seed, Center Invariant Loss",
+    ],
+)
+def center_invariant_loss(xp, features, labels, centers):
+    """Center-invariant loss: pulls every centre's squared norm to the mean squared norm::
+
+        s_j = ||c_j||^2,   tau = (1/C) sum_j s_j,   lambda_i = s_{y_i} - tau,   l_i = lambda_i^2 / 4
+
+    ``reduction='mean'`` is the Caffe layer's ``loss_ca = sum_i lambda_i^2 / (4M)``; the paper weights
+    it by ``gamma`` next to the softmax and center losses. The value does not depend on the
+    features: they are an input so that the call matches :func:`center_loss` and the Caffe layer,
+    are declared non-differentiable (their gradient, 0, is reported as ``None``; pass them as a
+    constant under autograd), and a NaN feature row still gives a NaN loss for its sample (never
+    hidden).
+
+    Gradient (exact, in the centres): with ``w_j = sum_{i: y_i = j} g_i`` (``g`` the cotangent),
+    ``A_j = lambda_j w_j`` and ``B = sum_j A_j``, ``d/d c_j = (A_j - B / C) c_j``: ``d(lambda^2/4)/d lambda
+    = lambda/2``, ``d lambda_i / d s_j = [j = y_i] - 1/C`` and ``d s_j / d c_j = 2 c_j``. ``B`` is
+    evaluated as ``sum_j s_j (w_j - mean(w))`` (equal, as ``sum_j lambda_j = 0``), which does not cancel
+    between large terms; the result is still a difference of terms of size ``max_k s_k``, accurate to
+    a few ulps of that, not of itself, when centre norms differ by many orders of magnitude. The Caffe layer instead adds ``ca_loss_weight lambda_i (1 - 1/C)
+    c_{y_i} / num[y_i]`` to the *feature* gradient (``num`` the training-set class counts read from a
+    file) and moves the centres with the center-loss update; that rule is not a gradient of this
+    loss and is not reproduced.
+
+    Shapes: ``features (N, D)``, ``labels (N,)`` integers in ``[0, C)``, ``centers (C, D)``.
+    """
+    _, lam = _squared_norms_and_lambda(xp, centers)
+    lam_i = xp.take(lam, labels, axis=0)
+    out = 0.25 * (lam_i * lam_i)
+    return xp.where(xp.any(xp.isnan(features), axis=1), xp.full_like(out, math.nan), out)
+
+
+def _squared_norms_and_lambda(xp, centers):
+    """``s_j = ||c_j||^2`` and ``lambda_j = s_j - mean_k s_k`` (0 classes: empty arrays, no 0/0)."""
+    s = xp.sum(centers * centers, axis=1)
+    return s, s - xp.sum(s) / max(centers.shape[0], 1)
+
+
+@center_invariant_loss.defvjp
+def _center_invariant_vjp(xp, cot, features, labels, centers):
+    c = max(centers.shape[0], 1)
+    s, lam = _squared_norms_and_lambda(xp, centers)
+    hot = one_hot(labels, centers.shape[0], dtype=lam.dtype, xp=xp)
+    kappa, unit = _split_cotangent(xp, cot)
+    w = xp.matmul(xp.matrix_transpose(hot), unit)
+    # B = sum_j lambda_j w_j = sum_j s_j (w_j - mean(w)), since sum_j lambda_j = 0: the second form
+    # does not cancel between large terms (a class whose w_j is the mean drops out exactly).
+    b = xp.sum(s * (w - xp.sum(w) / c)) / c
+    return None, None, kappa * (_col(xp, lam * w - b) * centers)
+
+
+# ------------------------------------------------------------------------------------------------
+# Range loss.
+
+
+def _range_parts(xp, features, labels, k):
+    """Everything both passes of :func:`range_loss` need, for ``N >= 1`` rows (a "leader" is the
+    first row of its class and stands for the class):
+
+    ``delta[a, b] = x_a - x_b``, ``d2`` its squared norm, ``member[i, a]`` (row ``a`` is in leader
+    ``i``'s class), ``pairs[i, a, b]`` (``a < b`` both in that class), the harmonic-mean pieces per
+    leader (``t`` the smallest of the top-``k`` squared distances, ``k_eff = min(k, #pairs)``,
+    ``total = sum_top-k t / d``, ``live`` where the class term is positive), and ``pair_weight``:
+    1 for pairs above ``t``, the tie share for pairs equal to ``t``.
+    """
+    n = features.shape[0]
+    dtype = features.dtype
+    idx = xp.arange(n, device=_device(features))
+    same = xp.expand_dims(labels, axis=1) == xp.expand_dims(labels, axis=0)
+    earlier = xp.expand_dims(idx, axis=0) < xp.expand_dims(idx, axis=1)  # [a, b]: b < a
+    leader = ~xp.any(same & earlier, axis=1)
+    member = same & xp.expand_dims(leader, axis=1)  # [i, a]
+    upper = xp.expand_dims(idx, axis=1) < xp.expand_dims(idx, axis=0)  # [a, b]: a < b
+    pairs = xp.expand_dims(member, axis=2) & xp.expand_dims(member, axis=1) & xp.expand_dims(upper, axis=0)
+    delta = xp.expand_dims(features, axis=1) - xp.expand_dims(features, axis=0)
+    d2 = xp.sum(delta * delta, axis=2)
+    # top-k squared distances of each class: sort the class's pair distances (others -1) descending
+    masked = xp.where(pairs, xp.expand_dims(d2, axis=0), -xp.ones_like(xp.expand_dims(d2, axis=0)))
+    top = xp.sort(xp.reshape(masked, (n, n * n)), axis=1, descending=True)[:, : min(k, n * n)]
+    count = xp.sum(xp.astype(pairs, dtype), axis=(1, 2))
+    k_eff = xp.minimum(count, xp.asarray(float(k), dtype=dtype, device=_device(features)))
+    col = xp.astype(xp.arange(top.shape[1], device=_device(features)), dtype)
+    valid = xp.expand_dims(col, axis=0) < xp.expand_dims(k_eff, axis=1)
+    t = xp.min(xp.where(valid, top, xp.full_like(top, math.inf)), axis=1)
+    live = (k_eff > 0) & (t > 0) & (t < math.inf)
+    t_live = xp.expand_dims(xp.where(live, t, xp.ones_like(t)), axis=1)
+    ratio = xp.where(valid & xp.expand_dims(live, axis=1), t_live / xp.where(valid & (top > 0), top, xp.ones_like(top)), xp.zeros_like(top))
+    total = xp.sum(ratio, axis=1)
+    # which pairs the top-k holds: those above t, and a share of those tied with it
+    t3 = xp.reshape(t, (n, 1, 1))
+    above = pairs & (xp.expand_dims(d2, axis=0) > t3)
+    tied = pairs & (xp.expand_dims(d2, axis=0) == t3)
+    n_above = xp.sum(xp.astype(above, dtype), axis=(1, 2))
+    n_tied = xp.sum(xp.astype(tied, dtype), axis=(1, 2))
+    share = (k_eff - n_above) / xp.where(n_tied > 0, n_tied, xp.ones_like(n_tied))
+    pair_weight = xp.astype(above, dtype) + xp.astype(tied, dtype) * xp.reshape(share, (n, 1, 1))
+    return {
+        "delta": delta, "d2": d2, "member": member, "leader": leader, "upper": upper, "t": t,
+        "k_eff": k_eff, "total": total, "live": live, "pair_weight": pair_weight,
+    }
+
+
+def _range_centres(xp, features, parts):
+    """Batch class means per leader (zero rows for non-leaders), the counts, the squared distances
+    between leaders' means, and the pairs ``(p, q)`` of leaders ``p < q``."""
+    member = xp.astype(parts["member"], features.dtype)
+    counts = xp.sum(member, axis=1)
+    centres = xp.matmul(member, features) / _col(xp, xp.where(counts > 0, counts, xp.ones_like(counts)))
+    cdelta = xp.expand_dims(centres, axis=1) - xp.expand_dims(centres, axis=0)
+    cd2 = xp.sum(cdelta * cdelta, axis=2)
+    leader = parts["leader"]
+    cpairs = xp.expand_dims(leader, axis=1) & xp.expand_dims(leader, axis=0) & parts["upper"]
+    dmin = xp.min(xp.where(cpairs, cd2, xp.full_like(cd2, math.inf)))
+    return member, counts, cdelta, cd2, cpairs, dmin
+
+
+def _range_value(xp, features, labels, k, margin, intra_weight, inter_weight):
+    parts = _range_parts(xp, features, labels, k)
+    t, total, live = parts["t"], parts["total"], parts["live"]
+    t_live = xp.where(live, t, xp.zeros_like(t))
+    harmonic = xp.where(live, parts["k_eff"] * t_live / xp.where(live, total, xp.ones_like(total)), xp.zeros_like(t))
+    harmonic = _propagate_nan(xp, harmonic, t)
+    dmin = _range_centres(xp, features, parts)[-1]
+    inter = xp.maximum(margin - dmin, xp.zeros_like(dmin))
+    return intra_weight * xp.sum(harmonic) + inter_weight * inter
+
+
+@loss(
+    family="embedding",
+    inputs=[
+        Input("features", shape="N D", domain=D.embeddings, doc="feature vectors, one per row"),
+        Input("labels", dtype="int", shape="N", differentiable=False, domain=D.batch_labels, doc="class ids (any integers)"),
+    ],
+    params=[
+        Param("k", 2, kind="int", low=1, grid=(1, 3), doc="number of largest intra-class distances averaged"),
+        Param("margin", 0.1, low=0.0, grid=(50.0,), doc="margin on the smallest squared distance between class means"),
+        Param("intra_weight", 0.5, low=0.0, grid=(1.0,), doc="alpha, weight of the intra-class term"),
+        Param("inter_weight", 0.5, low=0.0, grid=(2.0,), doc="beta, weight of the inter-class term"),
+    ],
+    check=_need_features(0, "features"),
+    counterparts={
+        "caffe": "RangeLossLayer (params choose_k, intra_weight, inter_weight, margin; its inter-class gradient "
+        "coefficient differs, see the docstring)",
+    },
+    references=[
+        "Zhang, Fang, Wen, Li, Qiao, Range Loss for Deep Face Recognition with Long-Tailed Training Data, ICCV 2017",
+        "Caffe range_loss_layer.cpp (RangeLossLayer, code index)",
+        "003 seed, Range Loss",
+    ],
+)
+def range_loss(xp, features, labels, *, k, margin, intra_weight, inter_weight):
+    """Range loss of a batch: intra-class spans plus a margin between the closest class means::
+
+        L_intra = sum_{classes c in the batch} k_c / sum_{j=1}^{k_c} 1 / D_{c,j}
+        L_inter = max(margin - min_{p < q} ||m_p - m_q||^2, 0)
+        L = intra_weight L_intra + inter_weight L_inter
+
+    ``D_{c,1} >= D_{c,2} >= ...`` are the squared Euclidean distances between the pairs of rows of
+    class ``c`` (the harmonic mean of the ``k`` largest), ``m_c`` the batch mean of class ``c``, and
+    ``k_c = min(k, number of pairs of c)``. Edge cases, defined here (the Caffe layer reads past the
+    end of its pair list, and divides by zero):
+
+    - a class with fewer than ``k`` pairs uses all of them; a single-sample class contributes 0;
+    - a zero distance among a class's top ``k`` makes its harmonic mean 0 (the limit), with gradient 0;
+    - fewer than two classes in the batch: ``L_inter = 0`` (the min over no pairs is ``+inf``).
+
+    Class ids may be any integers (classes are told apart by equality). The loss is one scalar per
+    batch (unreduced shape ``()``), so every reduction returns ``L`` itself.
+
+    Gradient (exact): ``d/dD_{c,j} (k_c / S_c) = k_c / (D_{c,j} S_c)^2`` with ``S_c = sum_j 1/D_{c,j}``,
+    evaluated as ``k_c r_j^2 / T^2`` with ``r_j = D_{c,k_c} / D_{c,j} <= 1`` and ``T = sum r_j`` (no
+    overflow), and ``dD/dx_a = 2 (x_a - x_b) = -dD/dx_b``; pairs tied with the ``k``-th distance share
+    its slot equally. For the inter term, ``d ||m_p - m_q||^2 / d x_a = 2 (m_p - m_q) / n_p`` for ``x_a``
+    in class ``p`` (``-2 (m_p - m_q) / n_q`` in ``q``), times ``-inter_weight`` while the hinge is
+    active (strictly, as Caffe's ``loss_inter > 0``); tied closest pairs share equally. The Caffe
+    layer's intra gradient is this one; its inter gradient uses ``-inter_weight (m_p - m_q) / (2 n_q)``
+    for class ``p`` (and ``+... / (2 n_p)`` for ``q``), which is not the derivative of its forward.
+
+    Shapes: ``features (N, D)``, ``labels (N,)``; memory is ``O(N^3)`` (vectorised over pairs and classes).
+    """
+    if features.shape[0] == 0:
+        return xp.zeros((), dtype=features.dtype, device=_device(features))
+    return _range_value(xp, features, labels, k, margin, intra_weight, inter_weight)
+
+
+@range_loss.defvjp
+def _range_loss_vjp(xp, cot, features, labels, *, k, margin, intra_weight, inter_weight):
+    n = features.shape[0]
+    if n == 0:
+        return xp.zeros_like(features), None
+    g = cot
+    parts = _range_parts(xp, features, labels, k)
+    t, total, live = parts["t"], parts["total"], parts["live"]
+    # intra: coefficient of each pair's squared distance, k r^2 / T^2 (r = t / d), summed over classes
+    tt = xp.where(live, t, xp.ones_like(t))
+    tot = xp.where(live, total, xp.ones_like(total))
+    d2 = parts["d2"]
+    weight = parts["pair_weight"]
+    t3 = xp.reshape(tt, (n, 1, 1))
+    held = (weight > 0) & (xp.expand_dims(d2, axis=0) > 0)  # only top-k pairs: there t <= d, r <= 1
+    r = t3 / xp.where(held, xp.expand_dims(d2, axis=0), t3)
+    coef = weight * xp.reshape(xp.where(live, parts["k_eff"] / (tot * tot), xp.zeros_like(t)), (n, 1, 1)) * (r * r)
+    q = xp.sum(coef, axis=0)
+    q = q + xp.matrix_transpose(q)
+    grad = (2.0 * intra_weight) * xp.sum(xp.expand_dims(q, axis=2) * parts["delta"], axis=1)
+    # inter: the closest pair(s) of class means, while margin - dmin > 0
+    member, counts, cdelta, cd2, cpairs, dmin = _range_centres(xp, features, parts)
+    active = margin - dmin > 0
+    closest = xp.astype(cpairs & (cd2 == dmin), features.dtype)
+    n_closest = xp.sum(closest)
+    w = closest * xp.where(active & (n_closest > 0), 1.0 / xp.where(n_closest > 0, n_closest, xp.ones_like(n_closest)), xp.zeros_like(n_closest))
+    w = w + xp.matrix_transpose(w)
+    d_centre = (-2.0 * inter_weight) * xp.sum(xp.expand_dims(w, axis=2) * cdelta, axis=1)
+    d_centre = d_centre / _col(xp, xp.where(counts > 0, counts, xp.ones_like(counts)))
+    grad = grad + xp.matmul(xp.matrix_transpose(member), d_centre)
+    return g * grad, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Ring loss.
+
+
+def _check_radius(xp, name, features, radius, **params):
+    _need_features(0, "features")(xp, name, features, radius)
+    n = features.shape[0]
+    if radius.ndim > 1 or (radius.ndim == 1 and radius.shape[0] not in (1, n)):
+        raise ValueError(
+            f"{name}: radius must be of shape () or (1,) (one radius) or (N={n},) (one per sample), got shape {tuple(radius.shape)}"
+        )
+
+
+@loss(
+    family="embedding",
+    inputs=[
+        _FEATURES,
+        Input("radius", shape="*", domain=D.radii, doc="the learned ring radius R: shape () or (1,), or (N,) per sample"),
+    ],
+    params=[Param("loss_weight", 1.0, low=0.0, grid=(0.01,), doc="lambda")],
+    check=_check_radius,
+    counterparts={
+        "ringloss": "RingLoss(type='L2', loss_weight=w) (the widely copied PyTorch port, e.g. in YirongMao/softmax_variants; "
+        "= ring_loss(loss_weight=2 w) under mean)",
+    },
+    references=[
+        "Zheng, Pal, Savvides, Ring loss: Convex Feature Normalization for Face Recognition, CVPR 2018",
+        "YirongMao/softmax_variants model_utils.py (RingLoss)",
+        "003 seed, Ring Loss",
+    ],
+)
+def ring_loss(xp, features, radius, *, loss_weight):
+    """Ring loss: pulls every feature norm to a learned radius ``R``::
+
+        l_i = (lambda / 2) (||x_i|| - R)^2
+
+    so ``reduction='mean'`` is the paper's ``(lambda / 2m) sum_i (||x_i|| - R)^2``. The widely copied
+    PyTorch port computes ``lambda mean_i (||x_i|| - R)^2`` (no 1/2): ``loss_weight`` here is twice
+    its ``loss_weight``. Its ``'auto'``/``'L1'`` variants and its R-from-the-first-batch
+    initialisation are not part of the loss.
+
+    Gradient: ``d l_i / d x_i = lambda (||x_i|| - R) x_i / ||x_i||`` and ``d l_i / d R = -lambda
+    (||x_i|| - R)`` (summed over the samples that share ``R``). At ``x_i = 0`` the norm is not
+    differentiable; refloss uses 0 for ``x_i / ||x_i||`` (PyTorch's norm backward), a Clarke
+    subgradient since the cone ``-lambda R ||x||`` is concave there.
+
+    Shapes: ``features (N, D)``; ``radius ()`` or ``(1,)`` (the paper's single R), or ``(N,)``.
+    """
+    return (0.5 * loss_weight) * _squared(xp, _lp_norm(xp, features, 2) - radius)
+
+
+def _squared(xp, z):
+    return z * z
+
+
+@ring_loss.defvjp
+def _ring_loss_vjp(xp, cot, features, radius, *, loss_weight):
+    norm = _lp_norm(xp, features, 2)
+    t = cot * loss_weight * (norm - radius)
+    return _col(xp, t) * _lp_norm_grad(xp, features, norm, 2), -sum_to_shape(t, radius.shape, xp=xp)
+
+
+# ------------------------------------------------------------------------------------------------
+# Contrastive loss.
+
+
+def _contrastive_terms(xp, a, b, margin, convention, pos_margin):
+    v = a - b
+    d = _lp_norm(xp, v, 2)
+    if convention == "pml":
+        return v, d, _hinge(xp, d - pos_margin), _hinge(xp, margin - d)
+    d2 = xp.sum(v * v, axis=1)
+    if convention == "caffe_legacy":
+        return v, d, 0.5 * d2, 0.5 * _hinge(xp, margin - d2)
+    return v, d, 0.5 * d2, 0.5 * _squared(xp, _hinge(xp, margin - d))
+
+
+@loss(
+    family="embedding",
+    inputs=[
+        Input("input1", shape="N D", domain=D.pair_first, doc="first embedding of each pair"),
+        Input("input2", shape="N D", domain=D.pair_second, doc="second embedding of each pair"),
+        Input("target", shape="N", differentiable=False, values=(0.0, 1.0), domain=D.hard_binary_targets,
+              doc="1 for a similar pair, 0 for a dissimilar one"),
+    ],
+    params=[
+        Param("margin", 1.0, low=0.0, grid=(2.0,), doc="margin m of dissimilar pairs (PML: neg_margin)"),
+        Param("convention", "caffe", kind="choice", choices=("caffe", "caffe_legacy", "pml"), grid=("caffe_legacy", "pml"),
+              doc="caffe: 1/2 max(m - d, 0)^2; caffe_legacy: 1/2 max(m - d^2, 0); pml: not squared, with pos_margin"),
+        Param("pos_margin", 0.0, low=0.0, grid=(0.1,), doc="PML pos_margin (only used by convention='pml')"),
+    ],
+    check=_need_features(0, "input1"),
+    counterparts={
+        "caffe": "ContrastiveLossLayer (BVLC/caffe; legacy_version=true is convention='caffe_legacy')",
+        "pml": "pytorch_metric_learning.losses.ContrastiveLoss (convention='pml'; PML normalises the D.embeddings, "
+        "forms every pair of the batch and averages the non-zero terms)",
+        "tfa": "tfa.losses.ContrastiveLoss (on precomputed distances, no 1/2)",
+    },
+    references=[
+        "Hadsell, Chopra, LeCun, Dimensionality Reduction by Learning an Invariant Mapping, CVPR 2006",
+        "Sun, Chen, Wang, Tang, Deep Learning Face Representation by Joint Identification-Verification (DeepID2), NIPS 2014",
+        "BVLC/caffe src/caffe/layers/contrastive_loss_layer.cpp",
+        "KevinMusgrave/pytorch-metric-learning losses/contrastive_loss.py",
+    ],
+)
+def contrastive_loss(xp, input1, input2, target, *, margin, convention, pos_margin):
+    """Contrastive loss of pairs, ``d = ||a - b||``, ``y = 1`` for a similar pair::
+
+        caffe (DeepID2, Hadsell):  l = 1/2 y d^2 + 1/2 (1 - y) max(m - d, 0)^2
+        caffe_legacy:              l = 1/2 y d^2 + 1/2 (1 - y) max(m - d^2, 0)
+        pml:                       l = y max(d - pos_margin, 0) + (1 - y) max(m - d, 0)
+
+    ``reduction='mean'`` is Caffe's ``1/(2N) sum`` (the 1/2 is in ``l``). Caffe truncates ``y`` to an
+    integer; refloss interpolates linearly for soft ``y`` in [0, 1] (``0 * inf = 0`` between the
+    terms). pytorch-metric-learning L2-normalises the D.embeddings first, forms every pair of a batch
+    and averages the non-zero terms of each kind (sum of the two means): normalise and pair the rows
+    to compare, and reduce as it does; the per-pair terms are these.
+
+    Gradient (``u = (a - b) / d``, 0 at ``d = 0``; ``d/db = -d/da``): caffe ``y (a - b) - (1 - y)
+    max(m - d, 0) u``; caffe_legacy ``y (a - b) - (1 - y) [m - d^2 > 0] (a - b)``; pml ``y [d >
+    pos_margin] u - (1 - y) [m > d] u``. At hinge corners the gradient is 0 (Caffe's ``mdist > 0``,
+    ``relu``). At ``d = 0`` the dissimilar caffe and pml terms are not differentiable; refloss uses 0
+    (Caffe's backward gives 0 there too, dividing ``a - b = 0`` by ``d + 1e-4``; elsewhere Caffe's
+    ``1e-4`` makes its gradient differ from the exact one by a relative ``1e-4 / d``).
+
+    Shapes: ``input1``, ``input2 (N, D)``, ``target (N,)`` in [0, 1].
+    """
+    _, _, pos, neg = _contrastive_terms(xp, input1, input2, margin, convention, pos_margin)
+    return xmul(target, pos, xp=xp) + xmul(1 - target, neg, xp=xp)
+
+
+@contrastive_loss.defvjp
+def _contrastive_vjp(xp, cot, input1, input2, target, *, margin, convention, pos_margin):
+    v, d, _, _ = _contrastive_terms(xp, input1, input2, margin, convention, pos_margin)
+    u = _lp_norm_grad(xp, v, d, 2)
+    y = _col(xp, target)
+    if convention == "pml":
+        on_pos = _col(xp, _indicator(xp, d > pos_margin, d))
+        on_neg = _col(xp, _indicator(xp, margin > d, d))
+        g = y * on_pos * u - (1 - y) * on_neg * u
+    elif convention == "caffe_legacy":
+        d2 = xp.sum(v * v, axis=1)
+        g = y * v - (1 - y) * _col(xp, _indicator(xp, margin - d2 > 0, d2)) * v
+    else:
+        g = y * v - (1 - y) * _col(xp, _hinge(xp, margin - d)) * u
+    g = _col(xp, cot) * g
+    return g, -g, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Triplet losses.
+
+_TRIPLET_INPUTS = [
+    Input("anchor", shape="N D", domain=D.triplet_anchors, doc="anchor embeddings"),
+    Input("positive", shape="N D", domain=D.triplet_positives, doc="D.embeddings of the anchor's class"),
+    Input("negative", shape="N D", domain=D.triplet_negatives, doc="D.embeddings of another class"),
+]
+
+
+def _triplet_vector(x1, x2, eps, placement):
+    # PyTorch's pairwise_distance: norm(x1 - x2 + eps); optax: eps inside the sum of powers.
+    return x1 - x2 + eps if placement == "difference" else x1 - x2
+
+
+def _triplet_distance(xp, v, p, eps, placement):
+    return _lp_norm(xp, v, p, eps if placement == "sum" else 0.0)
+
+
+def _triplet_parts(xp, anchor, positive, negative, p, eps, swap, placement):
+    vectors = {"ap": _triplet_vector(anchor, positive, eps, placement), "an": _triplet_vector(anchor, negative, eps, placement)}
+    if swap:
+        vectors["pn"] = _triplet_vector(positive, negative, eps, placement)
+    dist = {key: _triplet_distance(xp, v, p, eps, placement) for key, v in vectors.items()}
+    d_neg = xp.minimum(dist["an"], dist["pn"]) if swap else dist["an"]
+    return vectors, dist, d_neg
+
+
+@loss(
+    family="embedding",
+    inputs=_TRIPLET_INPUTS,
+    params=[
+        Param("margin", 1.0, low=0.0, grid=(2.5,), doc="margin"),
+        Param("p", 2.0, low=1.0, high=100.0, grid=(1.0, 3.0), doc="norm degree"),
+        Param("eps", 1e-6, low=0.0, grid=(0.0,), doc="added to the difference (difference) or to the sum of powers (sum)"),
+        Param("swap", False, kind="bool", grid=(True,), doc="distance swap: d_n = min(d(a, n), d(p, n))"),
+        Param("eps_placement", "difference", kind="choice", choices=("difference", "sum"), grid=("sum",),
+              doc="difference: ||x1 - x2 + eps||_p (PyTorch); sum: (sum |x1 - x2|^p + eps)^(1/p) (optax)"),
+    ],
+    check=_need_features(0, "anchor"),
+    counterparts={
+        "torch": "torch.nn.functional.triplet_margin_loss (eps_placement='difference')",
+        "optax": "optax.losses.triplet_margin_loss (eps_placement='sum', no swap; optax drops the abs for odd norm_degree)",
+        "pml": "pytorch_metric_learning.losses.TripletMarginLoss (normalised rows, margin 0.05, eps=0, mean over non-zero triplets)",
+    },
+    references=[
+        "Balntas, Riba, Ponsa, Mikolajczyk, Learning local feature descriptors with triplets and shallow "
+        "convolutional neural networks, BMVC 2016 (distance swap)",
+        "PyTorch aten/src/ATen/native/Loss.cpp (triplet_margin_loss), Distance.cpp (pairwise_distance)",
+        "optax optax/losses/_self_supervised.py (triplet_margin_loss)",
+    ],
+)
+def triplet_margin_loss(xp, anchor, positive, negative, *, margin, p, eps, swap, eps_placement):
+    """Triplet margin loss with ``p``-norm distances, as PyTorch (and optax) define it::
+
+        l_i = max(d(a_i, p_i) - d_n + margin, 0),   d_n = d(a_i, n_i)  (swap: min(d(a_i, n_i), d(p_i, n_i)))
+
+    ``eps_placement='difference'`` (PyTorch): ``d(x1, x2) = ||x1 - x2 + eps||_p``, eps added to every
+    coordinate of the difference, so ``d(x, x) = eps D^(1/p)``. ``'sum'`` (optax): ``d(x1, x2) =
+    (sum_k |x1_k - x2_k|^p + eps)^(1/p)``. optax computes ``(x1 - x2)^p`` without ``|.|``, which is
+    wrong for odd ``norm_degree`` (``p = 1`` gives a signed "distance", e.g. loss 1.8 where it is
+    0.2); refloss uses ``|.|``. optax has no swap.
+
+    Gradient: with ``G(v) = d ||v||_p / dv = sign(v) (|v| / ||v||_p)^(p-1)`` (0 at ``v = 0``, as
+    PyTorch's norm backward; at ``v_k = 0`` with ``p = 1`` it is ``sign(0) = 0``) and ``g = [l_i's
+    argument >= 0]``: ``d/da = g (G(v_ap) - w_an G(v_an))``, ``d/dp = -g (G(v_ap) + w_pn G(v_pn))``,
+    ``d/dn = g (w_an G(v_an) + w_pn G(v_pn))``, where ``w_an = 1, w_pn = 0`` without swap, and with
+    swap the min's subgradient: 1 to the smaller distance, 1/2 each at a tie (PyTorch's ``min``).
+    At the hinge corner the gradient passes (PyTorch's ``clamp_min``).
+
+    Shapes: ``anchor``, ``positive``, ``negative (N, D)``; ``p`` in [1, 100].
+    """
+    _, dist, d_neg = _triplet_parts(xp, anchor, positive, negative, p, eps, swap, eps_placement)
+    return _hinge(xp, dist["ap"] - d_neg + margin)
+
+
+@triplet_margin_loss.defvjp
+def _triplet_margin_vjp(xp, cot, anchor, positive, negative, *, margin, p, eps, swap, eps_placement):
+    vectors, dist, d_neg = _triplet_parts(xp, anchor, positive, negative, p, eps, swap, eps_placement)
+    g = _col(xp, cot * _indicator(xp, dist["ap"] - d_neg + margin >= 0, d_neg))
+    grad = {key: _lp_norm_grad(xp, v, dist[key], p) for key, v in vectors.items()}
+    if swap:
+        an, pn = dist["an"], dist["pn"]
+        w_an = xp.where(an < pn, xp.ones_like(an), xp.where(an == pn, xp.full_like(an, 0.5), xp.zeros_like(an)))
+        w_an, w_pn = _col(xp, w_an), _col(xp, 1 - w_an)
+        to_neg = w_an * grad["an"] + w_pn * grad["pn"]
+        return g * (grad["ap"] - w_an * grad["an"]), -g * (grad["ap"] + w_pn * grad["pn"]), g * to_neg
+    return g * (grad["ap"] - grad["an"]), -g * grad["ap"], g * grad["an"]
+
+
+@loss(
+    family="embedding",
+    inputs=_TRIPLET_INPUTS,
+    params=[Param("alpha", 0.2, low=0.0, grid=(1.0,), doc="margin alpha between squared distances")],
+    check=_need_features(0, "anchor"),
+    counterparts={
+        "facenet": "facenet.triplet_loss (davidsandberg; reduction='mean', alpha 0.2 from train_tripletloss.py)",
+    },
+    references=[
+        "Schroff, Kalenichenko, Philbin, FaceNet: A Unified Embedding for Face Recognition and Clustering, CVPR 2015",
+        "davidsandberg/facenet src/facenet.py (triplet_loss), src/train_tripletloss.py (--alpha)",
+        "003 seed, Triplet Loss",
+    ],
+)
+def facenet_triplet_loss(xp, anchor, positive, negative, *, alpha):
+    """FaceNet triplet loss on squared Euclidean distances::
+
+        l_i = max(||a_i - p_i||^2 - ||a_i - n_i||^2 + alpha, 0)
+
+    ``reduction='mean'`` is facenet's mean over all triplets (zeros included). FaceNet L2-normalises
+    the D.embeddings in the network, before the loss; do so to compare. No ``eps`` is needed: squared
+    distances are smooth at ``a = p``.
+
+    Gradient where the hinge is active (``>= 0``: TensorFlow's ``maximum`` passes the gradient at a
+    tie): ``d/da = 2 (n - p)``, ``d/dp = 2 (p - a)``, ``d/dn = 2 (a - n)`` (from ``d||v||^2/dv = 2v``).
+
+    Shapes: ``anchor``, ``positive``, ``negative (N, D)``.
+    """
+    ap, an = anchor - positive, anchor - negative
+    return _hinge(xp, xp.sum(ap * ap, axis=1) - xp.sum(an * an, axis=1) + alpha)
+
+
+@facenet_triplet_loss.defvjp
+def _facenet_triplet_vjp(xp, cot, anchor, positive, negative, *, alpha):
+    ap, an = anchor - positive, anchor - negative
+    arg = xp.sum(ap * ap, axis=1) - xp.sum(an * an, axis=1) + alpha
+    g = _col(xp, (2.0 * cot) * _indicator(xp, arg >= 0, arg))
+    return g * (negative - positive), g * (positive - anchor), g * an
+
+
+# ------------------------------------------------------------------------------------------------
+# PyTorch's embedding losses.
+
+
+def _safe_unit(xp, x, eps):
+    """``(x / s, n / s, s)`` with ``n = sqrt(sum x^2 + eps)`` and ``s >= 1`` the row's power-of-two
+    scale (1 for rows below 1 in magnitude): the scaled pieces of ``x / n`` that cannot overflow."""
+    e, s = _row_scale(xp, xp.abs(x))
+    s = xp.where(e > 0, s, xp.ones_like(s))
+    n = _lp_norm(xp, x, 2, eps)
+    return x / _col(xp, s), n / s, n
+
+
+def _cosine(xp, x1, x2):
+    """PyTorch's ``cos = x1.x2 / sqrt((|x1|^2 + e)(|x2|^2 + e))``, overflow-free, with the unit
+    vectors ``x / sqrt(|x|^2 + e)`` and those norms."""
+    u1, m1, n1 = _safe_unit(xp, x1, _TORCH_COSINE_EPSILON)
+    u2, m2, n2 = _safe_unit(xp, x2, _TORCH_COSINE_EPSILON)
+    cos = xp.sum(u1 * u2, axis=1) / (m1 * m2)
+    return cos, u1 / _col(xp, m1), u2 / _col(xp, m2), n1, n2
+
+
+@loss(
+    family="embedding",
+    inputs=[
+        Input("input1", shape="N D", domain=D.embeddings, doc="first embedding of each pair"),
+        Input("input2", shape="N D", domain=D.embeddings, doc="second embedding of each pair"),
+        Input("target", shape="N", differentiable=False, domain=D.sign_targets, doc="1 (similar) or -1 (dissimilar)"),
+    ],
+    params=[Param("margin", 0.0, low=-1.0, high=1.0, grid=(0.5,), doc="margin on the cosine of dissimilar pairs")],
+    check=_need_features(0, "input1"),
+    counterparts={"torch": "torch.nn.functional.cosine_embedding_loss"},
+    references=["PyTorch aten/src/ATen/native/Loss.cpp (cosine_embedding_loss; constexpr float EPSILON = 1e-12)"],
+)
+def cosine_embedding_loss(xp, input1, input2, target, *, margin):
+    """Cosine embedding loss, exactly as PyTorch defines it::
+
+        cos = x1.x2 / sqrt((|x1|^2 + e)(|x2|^2 + e)),   e = float32(1e-12) = 9.999999960041972e-13
+        l = 1 - cos if y = 1;   max(0, cos - margin) if y = -1;   0 for any other target
+
+    ``e`` is PyTorch's ``EPSILON`` on the squared norms, declared ``constexpr float`` (so 1e-12
+    rounded to float32, in every dtype). It makes a zero vector give ``cos = 0``, so ``l = 1`` for
+    ``y = 1`` (optax's ``cosine_distance`` gives NaN, Keras ``-0.0``). Computed with
+    rows scaled by a power of two, so huge vectors do not overflow (PyTorch's product of squared
+    norms does beyond 1e77). A NaN target gives NaN (PyTorch: 0).
+
+    Gradient: ``d cos / d x1 = (x2^ - cos x1^) / n1`` with ``n = sqrt(|x|^2 + e)`` and ``x^ = x / n``
+    (quotient rule on ``x1.x2 / (n1 n2)``, ``dn1/dx1 = x1 / n1``), symmetrically for ``x2``; times
+    ``-1`` for ``y = 1`` and ``[cos - margin >= 0]`` for ``y = -1`` (PyTorch's ``clamp_min`` passes the
+    gradient at the corner); 0 for other targets. For (nearly) parallel inputs the two terms cancel
+    to ``O(e / n1^3)``; the result is then accurate to a few ulps of ``1 / n1``, not of itself (as
+    PyTorch's autograd of the same expression).
+
+    Shapes: ``input1``, ``input2 (N, D)``, ``target (N,)``.
+    """
+    cos, _, _, _, _ = _cosine(xp, input1, input2)
+    zero = xp.zeros_like(cos)
+    out = xp.where(target == 1, 1 - cos, zero) + xp.where(target == -1, _hinge(xp, cos - margin), zero)
+    return _propagate_nan(xp, out, target)
+
+
+@cosine_embedding_loss.defvjp
+def _cosine_embedding_vjp(xp, cot, input1, input2, target, *, margin):
+    cos, h1, h2, n1, n2 = _cosine(xp, input1, input2)
+    zero = xp.zeros_like(cos)
+    slope = xp.where(target == 1, -xp.ones_like(cos), zero) + xp.where((target == -1) & (cos - margin >= 0), xp.ones_like(cos), zero)
+    g = _col(xp, cot * slope)
+    c = _col(xp, cos)
+    return g * (h2 - c * h1) / _col(xp, n1), g * (h1 - c * h2) / _col(xp, n2), None
+
+
+@loss(
+    family="embedding",
+    inputs=[
+        Input("input1", domain=D.ranking_first, doc="scores of the first items"),
+        Input("input2", domain=D.ranking_second, doc="scores of the second items"),
+        Input("target", differentiable=False, domain=D.sign_targets, doc="1: input1 should rank higher; -1: lower"),
+    ],
+    params=[Param("margin", 0.0, grid=(0.5,), doc="margin (any real, as in PyTorch)")],
+    counterparts={"torch": "torch.nn.functional.margin_ranking_loss"},
+    references=["PyTorch aten/src/ATen/native/Loss.cpp (margin_ranking_loss)"],
+)
+def margin_ranking_loss(xp, input1, input2, target, *, margin):
+    """Margin ranking loss: ``l = max(0, -y (x1 - x2) + margin)``, elementwise, as PyTorch.
+
+    Any real target is accepted and used as a factor (PyTorch does the same; ``y`` is meant to be
+    +-1). All three inputs have the same shape (PyTorch does not broadcast here either).
+
+    Gradient: ``d l / d x1 = -y [-y (x1 - x2) + margin >= 0] = -d l / d x2`` (PyTorch's ``clamp_min``
+    passes the gradient at the corner).
+
+    Shapes: ``input1``, ``input2``, ``target`` alike.
+    """
+    return _hinge(xp, -target * (input1 - input2) + margin)
+
+
+@margin_ranking_loss.defvjp
+def _margin_ranking_vjp(xp, cot, input1, input2, target, *, margin):
+    arg = -target * (input1 - input2) + margin
+    g = cot * target * _indicator(xp, arg >= 0, arg)
+    return -g, g, None
+
+
+@loss(
+    family="embedding",
+    inputs=[
+        Input("input", domain=D.hinge_inputs, doc="distances (or any scores)"),
+        Input("target", differentiable=False, domain=D.sign_targets, doc="1 (similar) or -1 (dissimilar)"),
+    ],
+    params=[Param("margin", 1.0, grid=(2.0,), doc="margin (any real, as in PyTorch)")],
+    counterparts={"torch": "torch.nn.functional.hinge_embedding_loss"},
+    references=["PyTorch aten/src/ATen/native/Loss.cpp (hinge_embedding_loss)"],
+)
+def hinge_embedding_loss(xp, input, target, *, margin):
+    """Hinge embedding loss, elementwise, exactly as PyTorch defines it::
+
+        l = [y != -1] x + [y != 1] max(0, margin - x)
+
+    i.e. ``x`` for ``y = 1`` and ``max(0, margin - x)`` for ``y = -1``; for any other target **both**
+    terms are added (PyTorch's ``where(y != 1, ...) + where(y != -1, ...)``; target 0, x = 0.3 gives
+    1.0). A NaN target gives NaN.
+
+    Gradient: ``d l / d x = [y != -1] - [y != 1] [margin - x >= 0]`` (PyTorch's ``clamp_min`` passes
+    the gradient at the corner ``x = margin``).
+
+    Shapes: ``input`` and ``target`` alike.
+    """
+    zero = xp.zeros_like(input)
+    out = xp.where(target != 1, _hinge(xp, margin - input), zero) + xp.where(target != -1, input, zero)
+    return _propagate_nan(xp, out, target)
+
+
+@hinge_embedding_loss.defvjp
+def _hinge_embedding_vjp(xp, cot, input, target, *, margin):
+    one, zero = xp.ones_like(input), xp.zeros_like(input)
+    slope = xp.where(target != -1, one, zero) - xp.where((target != 1) & (margin - input >= 0), one, zero)
+    return cot * slope, None
+
+
+__all__ = [
+    "center_invariant_loss",
+    "center_loss",
+    "center_update",
+    "contrastive_loss",
+    "cosine_embedding_loss",
+    "facenet_triplet_loss",
+    "hinge_embedding_loss",
+    "margin_ranking_loss",
+    "range_loss",
+    "ring_loss",
+    "triplet_margin_loss",
+]
