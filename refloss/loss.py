@@ -15,6 +15,7 @@ golden-file generator and the README's catalogue all read it from here.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 from typing import Any, Callable, Mapping, Sequence
@@ -354,6 +355,10 @@ class Loss:
         self.__name__ = self.name
         self.__qualname__ = self.name
         self.__module__ = forward.__module__
+        self.__signature__ = inspect.Signature(
+            [inspect.Parameter(i.name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in self.inputs]
+            + [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default) for p in self.params]
+        )
         names = [i.name for i in self.inputs] + [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name}: duplicate input or parameter name in {names}")

@@ -69,6 +69,13 @@ def test_autograd_grad_goes_through_the_analytic_vjp(loss):
         np.testing.assert_array_equal(got, want[k])
 
 
+def test_public_signature_is_the_call_users_make():
+    import inspect
+
+    sig = str(inspect.signature(refloss.cross_entropy))
+    assert sig == "(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, axis=1, reduction='mean')"
+
+
 def test_autograd_with_keyword_inputs():
     autograd = pytest.importorskip("autograd")
     z, t = np.array([[1.0, 2.0, 0.5]]), np.array([1])
