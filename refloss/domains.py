@@ -333,3 +333,167 @@ def hinge_inputs(rng, shape, tag, dims, params):
     if tag == "extreme":
         return _signed_magnitudes(rng, shape, 50.0, 100.0)
     return rng.choice([0.0, float(margin), 2.0 * margin], size=shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Boxes.
+#
+# Pred and target are drawn independently, so a pair is made consistent by a layout chosen by the
+# row index (both domains see the same shape): each layout fixes the order of every compared pair of
+# coordinates with a margin of at least 0.3 after a jitter of +-0.1, so typical boxes sit away from
+# every tie and kink (mmdet's IoU > 0.5 gate included).
+
+_BOX_LAYOUTS = [  # (pred, target) in xyxy
+    ((0.0, 0.0, 4.0, 5.0), (2.0, 2.5, 7.0, 6.0)),  # partial overlap, IoU ~ 0.15
+    ((0.0, 2.0, 8.0, 5.0), (2.0, 0.0, 6.0, 7.0)),  # a cross, IoU ~ 0.3
+    ((1.0, 1.0, 9.0, 7.0), (1.6, 0.5, 9.7, 6.4)),  # nearly identical, IoU ~ 0.72
+    ((0.0, 0.0, 3.0, 4.0), (4.0, 1.0, 8.0, 6.0)),  # disjoint, IoU = 0
+    ((3.0, 3.0, 5.0, 4.5), (0.0, 1.0, 9.0, 8.0)),  # pred inside target, IoU ~ 0.05
+]
+
+#: The labelled tie and degenerate pairs of the ``edge`` tag (xyxy), with what each exercises.
+BOX_EDGE_CASES = {
+    "touching": ((0.0, 0.0, 2.0, 2.0), (2.0, 0.0, 4.0, 3.0)),  # iw == 0: strict mask vs clamp
+    "identical": ((1.0, 1.0, 3.0, 4.0), (1.0, 1.0, 3.0, 4.0)),  # every max/min tied
+    "zero_width": ((1.0, 1.0, 1.0, 3.0), (0.0, 0.0, 2.0, 2.0)),  # A = 0, inside the target
+    "point": ((0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0)),  # vision#7746: U = C = 0
+    "shared_edges": ((0.0, 0.0, 2.0, 3.0), (0.0, 1.0, 3.0, 3.0)),  # x1 == X1, y2 == Y2
+    "zero_height": ((0.0, 1.0, 2.0, 1.0), (0.0, 0.0, 2.0, 2.0)),  # h = 0 < w: atan(w / 0)
+}
+
+
+def _box_edge_names(kind, params):
+    conv, mode = params.get("convention"), params.get("mode", "linear")
+    names = list(BOX_EDGE_CASES)
+    if conv == "paper" or (kind == "ciou" and conv in ("torchvision", "detectron2")):
+        names.remove("point")
+    if kind == "iou" and conv == "paper" and mode == "log":
+        names = ["identical", "shared_edges"]
+    return names
+
+
+def _boxes_from_xyxy(b, fmt):
+    from .losses.box import convert_boxes  # imported here: the box module imports this one
+
+    return np.asarray(convert_boxes(b, "xyxy", fmt))
+
+
+def boxes(kind, role):
+    side = 0 if role == "pred" else 1
+
+    def domain(rng, shape, tag, dims, params):
+        n = shape[0]
+        if tag == "edge":
+            names = _box_edge_names(kind, params)
+            out = np.array([BOX_EDGE_CASES[names[i % len(names)]][side] for i in range(n)], dtype=float).reshape(n, 4)
+        else:
+            layouts = [0, 1, 2, 4] if (kind == "iou" and params.get("convention") == "paper" and params.get("mode") == "log") else range(len(_BOX_LAYOUTS))
+            layouts = list(layouts)
+            out = np.array([_BOX_LAYOUTS[layouts[i % len(layouts)]][side] for i in range(n)], dtype=float).reshape(n, 4)
+            if tag == "typical":
+                out = out + 10.0 * np.arange(n)[:, None] + rng.uniform(-0.1, 0.1, size=(n, 4))
+            else:  # huge and tiny scales, large offsets: 1e-3 .. 1e5 sized boxes at up to 1e7
+                scale = np.array([10.0 ** ((3 * i) % 9 - 3) for i in range(n)])[:, None]
+                offset = np.array([1e7 * (i % 2) for i in range(n)])[:, None]
+                out = out * scale + offset
+        return _boxes_from_xyxy(out, params.get("box_format", "xyxy"))
+
+    return domain
+
+
+# ------------------------------------------------------------------------------------------------
+# Segmentation.
+
+
+def _probability_like(rng, shape, tag):
+    if tag == "typical":
+        return rng.uniform(0.05, 0.95, size=shape)
+    if tag == "extreme":
+        tiny = 10.0 ** rng.uniform(-12, -6, size=shape)
+        return np.where(rng.random(size=shape) < 0.5, tiny, 1.0 - tiny)
+    out = rng.integers(0, 2, size=shape).astype(float)
+    if out.size:
+        out.flat[:: max(1, out.size // 3)] = 0.5  # ties
+    return out
+
+
+def seg_scores(rng, shape, tag, dims, params):
+    """Scores ``(N, C, *)``: logits (``domains.logits``: N(0, 3), +-1e2..1e4 when extreme, zeros and 1e4
+    at the edge) or, under ``activation='none'``, probabilities (0.05..0.95, 1e-12 from the ends,
+    exactly 0/1 and 0.5 ties)."""
+    if params.get("activation") == "none":
+        return _probability_like(rng, shape, tag)
+    return logits(rng, shape, tag, dims, params)
+
+
+def seg_targets(rng, shape, tag, dims, params):
+    """Targets ``(N, C, *)``: soft label rows (every mask non-empty) or one-hot rows when typical;
+    one-hot when extreme; at the edge multi-label 0/1 with an empty sample (all classes 0) and an
+    all-foreground class."""
+    n, c = shape[0], shape[1]
+    labels = rng.integers(0, c, size=(n,) + tuple(shape[2:]))
+    hot = np.moveaxis(np.eye(c)[labels], -1, 1) if len(shape) >= 2 else np.zeros(shape)
+    if tag == "typical":
+        if rng.random() < 0.5:
+            z = rng.normal(0.0, 1.0, size=shape)
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
+        return hot
+    if tag == "extreme":
+        return hot
+    out = rng.integers(0, 2, size=shape).astype(float)
+    if n:
+        out[0] = 0.0  # an empty sample
+        out[:, c - 1] = 1.0  # an all-foreground class
+    return out
+
+
+def _min_gap(values):
+    v = np.sort(values.ravel())
+    return np.min(np.diff(v)) if v.size > 1 else 1.0
+
+
+def lovasz_scores(rng, shape, tag, dims, params):
+    """Lovasz-softmax scores ``(N, C, *)``. Typical: probabilities whose errors ``p`` and ``1 - p``
+    are at least 1e-3 apart within every class over the whole batch (the sort order cannot change
+    inside a finite-difference stencil); logits are their logs. Extreme and edge as :func:`seg_scores`."""
+    if tag != "typical":
+        return seg_scores(rng, shape, tag, dims, params)
+    c = shape[1]
+    for _ in range(2000):
+        z = rng.normal(0.0, 1.5, size=shape)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        pool = np.moveaxis(p, 1, 0).reshape(c, -1)
+        if all(_min_gap(np.concatenate([row, 1.0 - row])) > 1e-3 for row in pool) and p.min() > 1e-3:
+            break
+    return p if params.get("activation") == "none" else np.log(p)
+
+
+def lovasz_targets(rng, shape, tag, dims, params):
+    """Hard one-hot targets ``(N, C, *)`` (Lovasz needs set-valued ground truth); at the edge one
+    class is absent from the whole batch when there are at least 2 classes."""
+    n, c = shape[0], shape[1]
+    high = c - 1 if (tag == "edge" and c > 1) else c
+    labels = rng.integers(0, high, size=(n,) + tuple(shape[2:]))
+    return np.moveaxis(np.eye(c)[labels], -1, 1)
+
+
+def hinge_scores(rng, shape, tag, dims, params):
+    """Lovasz-hinge logits ``(N, *)``. Typical: distinct magnitudes 0.2 apart (offset 0.13) with
+    random signs, so the errors ``1 -+ x`` never tie and stay 0.07 away from the hinge at 0
+    whatever the labels. Extreme: +-1e2..1e4. Edge: zeros (every error ties at 1) and 1e4."""
+    if tag == "typical":
+        size = int(np.prod(shape))
+        mags = 0.13 + 0.2 * rng.permutation(size) + rng.uniform(0.0, 0.01, size=size)
+        return (rng.choice([-1.0, 1.0], size=size) * mags).reshape(shape)
+    return logits(rng, shape, tag, dims, params)
+
+
+def hinge_targets(rng, shape, tag, dims, params):
+    """0/1 labels ``(N, *)``; at the edge the first sample is empty and the last all foreground."""
+    out = rng.integers(0, 2, size=shape).astype(float)
+    if tag == "edge" and len(shape) and shape[0]:
+        out[0] = 0.0
+        out[-1] = 1.0
+    return out
