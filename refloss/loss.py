@@ -336,6 +336,7 @@ class Loss:
         check=None,
         class_axis=False,
         route=None,
+        stop_gradient=None,
         default_reduction="mean",
     ):
         self.forward = forward
@@ -350,6 +351,7 @@ class Loss:
         self.check = check
         self.class_axis = class_axis
         self.route = route
+        self.stop_gradient = stop_gradient
         self._vjp = None
         self.__doc__ = forward.__doc__
         self.__name__ = self.name
@@ -554,6 +556,26 @@ class Loss:
                 if grads[k] is not None and grads[k].ndim == call.inputs[0].ndim:
                     grads[k] = xp.moveaxis(grads[k], 1, call.axis_moved)
         return value, tuple(grads)
+
+    def objective(self, base_inputs, **params):
+        """The function whose exact derivative at ``base_inputs`` the VJP is.
+
+        For most losses that is the loss itself. A loss whose reference implementations hold some
+        intermediate constant in the backward pass (``torch.no_grad``, ``.detach()``: CIoU's alpha)
+        declares ``stop_gradient=f`` with ``f(xp, base_inputs, *inputs, **params)`` the unreduced
+        forward with those intermediates frozen at ``base_inputs``; its derivative is the VJP, and
+        that is what the gradient proof checks.
+        """
+        if self.stop_gradient is None:
+            return lambda *args: self(*args, **params)
+
+        def frozen(*args):
+            call = self._bind(args, params)
+            base = self._bind(base_inputs, params).inputs
+            unreduced = self.stop_gradient(call.xp, base, *call.inputs, **self._kw(call))
+            return reduce(call.xp, unreduced, call.reduction, self._mean_weight(call))
+
+        return frozen
 
     def vjp(self, cotangent, *args, **kwargs):
         """The gradients of ``sum(cotangent * self(*args, **kwargs))`` (see :meth:`value_and_grad`)."""

@@ -169,8 +169,8 @@ def test_zero_width_box_inside_target():
 
 
 # ------------------------------------------------------------------------------------------------
-# CIoU with alpha detached (every preset's autograd gradient): proven against central differences of
-# the value with alpha frozen at the evaluation point.
+# CIoU with alpha detached (every preset's autograd gradient, and the default): proven against central
+# differences of the value with alpha frozen at the evaluation point, independently of refloss.proof.
 
 
 @pytest.mark.parametrize("conv", B.CONVENTIONS)
@@ -188,7 +188,9 @@ def test_detached_alpha_gradient_is_the_frozen_alpha_derivative(conv):
         return float(np.sum(1 - (np.clip(q, -1, 1) if B._clamps_output(g) else q)))
 
     _, (gp, _) = refloss.ciou_loss.value_and_grad(p, t, alpha_gradient="detached", reduction="sum", **params)
-    _, (gp_through, _) = refloss.ciou_loss.value_and_grad(p, t, reduction="sum", **params)
+    _, (gp_through, _) = refloss.ciou_loss.value_and_grad(p, t, alpha_gradient="through", reduction="sum", **params)
+    _, (gp_default, _) = refloss.ciou_loss.value_and_grad(p, t, reduction="sum", **params)
+    np.testing.assert_array_equal(gp_default, gp)  # every preset detaches alpha, and so does the default
     for _ in range(3):
         d = rng.standard_normal(p.shape)
         h = 1e-4

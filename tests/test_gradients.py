@@ -61,3 +61,26 @@ def test_autograd_check_catches_a_wrong_gradient():
     wrong.defvjp(lambda xp, cot, x: (cot * 3 * x,))
     rows = autograd_check(wrong, [np.linspace(-1, 1, 5)], {"reduction": "sum"}, np.random.default_rng(0))
     assert rows and not rows[0].ok
+
+
+def test_the_proof_checks_a_stop_gradient_against_the_frozen_forward():
+    """A VJP that holds an intermediate constant (CIoU's alpha under torch.no_grad) is proven against
+    the forward with that intermediate frozen, and a wrong one still fails."""
+    from refloss.proof import autograd_check
+
+    def forward(xp, x):
+        return (x * x) * x  # the first factor stands for a detached intermediate
+
+    def frozen(xp, base, x):
+        return (base[0] * base[0]) * x
+
+    ok = Loss(forward, family="test", inputs=[Input("x")], params=(), stop_gradient=frozen)
+    ok.defvjp(lambda xp, cot, x: (cot * x * x,))  # d/dx with x*x held constant
+    x = [np.linspace(0.5, 1.5, 5)]
+    assert all(r.ok for r in central_difference(ok, x, {"reduction": "sum"}, np.random.default_rng(0)))
+    assert all(r.ok for r in autograd_check(ok, x, {"reduction": "sum"}, np.random.default_rng(0)))
+
+    wrong = Loss(forward, family="test", inputs=[Input("x")], params=(), stop_gradient=frozen)
+    wrong.defvjp(lambda xp, cot, x: (cot * 3 * x * x,))  # the full derivative is not the detached one
+    assert not central_difference(wrong, x, {"reduction": "sum"}, np.random.default_rng(0))[0].ok
+    assert not autograd_check(wrong, x, {"reduction": "sum"}, np.random.default_rng(0))[0].ok

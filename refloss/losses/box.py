@@ -26,11 +26,10 @@ y2)``; ``dI/diw = ih`` (and ``iw`` for ``ih``); ``d (C - U) / C = (dC - dU) / C 
 ``d (rho2 / c2) = drho2 / c2 - rho2 dc2 / c2^2`` with ``drho2 / dx1 = -(X1 + X2 - x1 - x2) / 2`` and
 ``dc2 = 2 cw dcw + 2 ch dch``; ``d atan2(w, h) = (h dw - w dh) / (w^2 + h^2)``, so ``dv / dw = -(8 /
 pi^2) D h / (w^2 + h^2)``, ``dv / dh = (8 / pi^2) D w / (w^2 + h^2)`` with ``D = atan2(W, H) -
-atan2(w, h)``. Every preset computes CIoU's ``alpha`` under ``torch.no_grad`` (held constant):
-``ciou_loss(alpha_gradient='detached')`` gives that autograd gradient. The default,
-``alpha_gradient='through'``, is the exact derivative of the value (alpha differentiated, mmdet 2.x),
-because the registry's gradient proof certifies the derivative of the value and cannot express a
-stop-gradient (see tests/test_box.py for the proof of the detached gradient).
+atan2(w, h)``. Every preset computes CIoU's ``alpha`` under ``torch.no_grad`` (held constant), and
+so does ``ciou_loss`` by default (``alpha_gradient='detached'``, declared to the gradient proof as a
+stop-gradient); ``alpha_gradient='through'`` is the exact derivative of the value (alpha
+differentiated, mmdet 2.x).
 
 **Ties: the PyTorch subgradient conventions** (the value is continuous there; the derivative is not):
 
@@ -58,7 +57,7 @@ is ``atan(w / 0) = pi / 2`` in both, but PyTorch's backward is ``inf * 0 = NaN``
 float32 for mmdet, box_seg_losses.md section 1.5) is 0 here, the value ``alpha v = 0`` takes for
 every ``alpha`` in ``[0, 1]``.
 
-**Conventions** (``convention=``), from /work/shared/reference/box_seg_losses.md section 1:
+**Conventions** (``convention=``), from each library's source (listed in ``counterparts``):
 
 - ``torchvision``: ``torchvision.ops.{generalized_box_iou,distance_box_iou,complete_box_iou}_loss``
   (eps 1e-7): ``IoU = I / (U + eps)``, GIoU ``(C - U) / (C + eps)``, ``c2 + eps``, strict
@@ -517,14 +516,17 @@ _FORMAT = Param(
 
 
 def _vjp_for(kind):
-    def vjp(xp, cot, pred, target, *, convention, box_format, mode="linear", alpha_gradient="through"):
+    def vjp(xp, cot, pred, target, *, convention, box_format, mode="linear", alpha_gradient="detached"):
         g = _geometry(xp, pred, target, kind, convention, box_format)
         return _backward(xp, cot, g, mode, box_format, alpha_gradient)
 
     return vjp
 
 
-_REFERENCES = ["/work/shared/reference/box_seg_losses.md sections 0, 1, 7"]
+_REFERENCES = [
+    "torchvision/ops/{giou,diou,ciou}_loss.py", "fvcore/nn/giou_loss.py, detectron2/layers/losses.py",
+    "mmdet/models/losses/iou_loss.py (3.x)", "ultralytics bbox_iou (utils/metrics.py)",
+]
 
 
 @loss(
@@ -615,6 +617,15 @@ def diou_loss(xp, pred, target, *, convention, box_format):
 diou_loss.defvjp(_vjp_for("diou"))
 
 
+def _ciou_alpha_frozen(xp, base, pred, target, *, convention, box_format, alpha_gradient):
+    """CIoU with alpha taken at ``base`` (the stop-gradient every preset applies), for the proof."""
+    g = _geometry(xp, pred, target, "ciou", convention, box_format)
+    if alpha_gradient == "detached":
+        alpha = _geometry(xp, base[0], base[1], "ciou", convention, box_format)["alpha"]
+        g["pen"] = g["pen"] - g["alpha"] * g["v"] + alpha * g["v"]
+    return _value(xp, g)
+
+
 @loss(
     family="box",
     inputs=_inputs("ciou"),
@@ -622,14 +633,13 @@ diou_loss.defvjp(_vjp_for("diou"))
         _convention("torchvision"),
         _FORMAT,
         Param(
-            "alpha_gradient", "through", kind="choice", choices=("through", "detached"),
-            doc="'through': the exact gradient of the value (alpha differentiated, as mmdet 2.x); "
-                "'detached': alpha held constant, the autograd gradient of every preset (torch.no_grad). "
-                "Not in the proof grid: it is not the derivative of the value (tests/test_box.py proves it "
-                "against central differences with alpha frozen)",
+            "alpha_gradient", "detached", kind="choice", choices=("detached", "through"), grid=("through",),
+            doc="'detached' (every preset: alpha under torch.no_grad, so the gradient is the derivative with "
+                "alpha frozen); 'through': the exact derivative of the value (alpha differentiated, as mmdet 2.x)",
         ),
     ],
     check=_check_boxes("ciou"),
+    stop_gradient=_ciou_alpha_frozen,
     counterparts={
         "torch": "torchvision.ops.complete_box_iou_loss(pred, target, eps=1e-7)",
         "detectron2": "detectron2.layers.losses.ciou_loss(pred, target, eps=1e-7)",
@@ -646,9 +656,9 @@ def ciou_loss(xp, pred, target, *, convention, box_format, alpha_gradient):
     ``1 - clamp(ciou, -1, 1)``; ultralytics ``v / (v - IoU + (1 + eps))``; paper ``v / (1 - IoU + v)``
     with the [-1, 1] clamp.
 
-    ``alpha_gradient='detached'`` (what ``loss.backward()`` gives in every preset, alpha under
-    ``torch.no_grad``): the DIoU gradient plus ``alpha dv``. ``'through'`` (the default, because it
-    is the derivative of the value and so what the gradient proof certifies): ``d(alpha v) =
+    ``alpha_gradient='detached'`` (the default: what ``loss.backward()`` gives in every preset, alpha
+    under ``torch.no_grad``; the proof checks it against the value with alpha frozen): the DIoU
+    gradient plus ``alpha dv``. ``'through'`` (the exact derivative of the value): ``d(alpha v) =
     (2 alpha - alpha^2) dv + alpha^2 dIoU`` (``alpha = v / D``, ``dD = dv - dIoU``; times the gate for
     mmdet), mmdet 2.x's gradient. ``dv/dw = -(8/pi^2) D h / (w^2 + h^2)``,
     ``dv/dh = (8/pi^2) D w / (w^2 + h^2)`` (signs flipped for the target), ``D = atan(W/H) - atan(w/h)``.
