@@ -18,6 +18,7 @@ from .loss import REDUCTIONS, Input, Loss, Param, catalog, get
 from .losses.box import *  # noqa: F403
 from .losses.classification import *  # noqa: F403 - each family module lists its losses in __all__
 from .losses.embedding import *  # noqa: F403
+from .losses.margin import *  # noqa: F403
 from .losses.regression import *  # noqa: F403
 from .losses.segmentation import *  # noqa: F403
 

@@ -13,6 +13,8 @@ Values are float64 (or int64 labels); the tests and the golden files cast them.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 TAGS = ("typical", "extreme", "edge")
@@ -497,3 +499,112 @@ def hinge_targets(rng, shape, tag, dims, params):
         out[0] = 0.0
         out[-1] = 1.0
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Margin (face-recognition) losses.
+#
+# Both generators build on one fixed, non-symmetric orthogonal frame U (C x C, seeded by C): weights
+# are W_j = r_j U_j and features x_i = |x_i| (a_i U) with a_i a unit vector, so cos(x_i, W_j) = a_ij
+# exactly and the feature generator controls every cosine without seeing the weights. Features
+# therefore have D = C (the catalogue-wide label test reads the class count from features.shape[1]);
+# tests/test_margin.py proves the gradients with D != C and random, unstructured weights as well.
+
+
+def _frame(c):
+    q, r = np.linalg.qr(np.random.default_rng(7919 + c).standard_normal((c, c)))
+    return q * np.sign(np.diag(r))
+
+
+def _kinks(params):
+    """Cosines where the target transform of ``params`` is not smooth (besides |c| = 1)."""
+    if isinstance(params.get("m"), int):  # L-Softmax / SphereFace k-boundaries theta = j pi / m (C^1 there)
+        return [math.cos(j * math.pi / params["m"]) for j in range(1, params["m"])]
+    if params.get("easy_margin"):
+        return [0.0]
+    if params.get("fallback") == "insightface":
+        return [math.cos(math.pi - params["margin"])]
+    return []
+
+
+def _th(params):
+    m = params.get("margin", params.get("m2", 0.5))
+    return math.cos(math.pi - m) if m else -0.9
+
+
+def _unit_row(rng, c, lead, k):
+    """A unit vector with component ``lead`` at position ``k`` (the rest random)."""
+    rest = rng.standard_normal(c)
+    rest[k] = 0.0
+    n = np.linalg.norm(rest)
+    rest = rest / n if n > 0 else np.eye(c)[(k + 1) % c]
+    a = rest * math.sqrt(max(0.0, 1.0 - lead * lead))
+    a[k] = lead
+    return a
+
+
+def margin_features(rng, shape, tag, dims, params):
+    """Features (N, C) whose cosines to :func:`margin_weights` are controlled: typically every |c| in
+    [0.05, 0.9] and 0.05 away from the transform's kinks (easy-margin 0, insightface threshold
+    cos(pi - m)); extreme: |c| within 1e-9..1e-4 of 1, c within 1e-9 of the threshold, norms 1e-100..1e100;
+    edge: rows parallel or antiparallel to a class (|c| = 1 to rounding), and a zero row when ``eps`` is set."""
+    n, c = shape[0], dims["C"]
+    frame = _frame(c)
+    kinks = _kinks(params)
+    rows = []
+    for i in range(n):
+        if tag == "typical":
+            while True:
+                a = rng.standard_normal(c)
+                a /= np.linalg.norm(a)
+                ok = np.all((np.abs(a) >= 0.05) & (np.abs(a) <= 0.9))
+                if ok and all(np.all(np.abs(a - t) >= 0.05) for t in kinks):
+                    break
+            norm = 10.0 ** rng.uniform(1.0, 2.0)  # face-embedding norms; keeps s / |x| moderate
+        elif tag == "extreme":
+            k = int(rng.integers(c))
+            kind = int(rng.integers(3))
+            delta = 10.0 ** rng.uniform(-9, -4)
+            lead = (1.0 - delta) * rng.choice([-1.0, 1.0]) if kind < 2 else _th(params) + rng.choice([-1.0, 1.0]) * delta
+            a = _unit_row(rng, c, lead, k)
+            norm = 10.0 ** rng.uniform(-100, 100)
+        else:
+            k = int(rng.integers(c))
+            a = np.zeros(c)
+            a[k] = rng.choice([-1.0, 1.0])
+            norm = 1.0
+        rows.append(norm * (a @ frame))
+    out = np.array(rows).reshape(n, c)
+    if tag == "edge" and params.get("eps") is not None and n:
+        out[0] = 0.0
+    return out
+
+
+def margin_weights(rng, shape, tag, dims, params):
+    """Class weights (C, C): rows of the fixed frame scaled by 10^U(0.5, 1.5) (typical), 10^U(-100, 100)
+    (extreme) or 1 (edge)."""
+    c = dims["C"]
+    if tag == "typical":
+        r = 10.0 ** rng.uniform(0.5, 1.5, size=c)
+    elif tag == "extreme":
+        r = 10.0 ** rng.uniform(-100, 100, size=c)
+    else:
+        r = np.ones(c)
+    return r[:, None] * _frame(c)
+
+
+def small_weights(rng, shape, tag, dims, params):
+    """Raw classifier weights for :func:`l2_softmax_loss`: the frame scaled by 10^U(-1.5, -0.5) typically
+    (so that alpha |W_j| stays O(1-10) at alpha = 50), otherwise as :func:`margin_weights`."""
+    out = margin_weights(rng, shape, tag, dims, params)
+    return out * 0.01 if tag == "typical" else out
+
+
+def angular_features(rng, shape, tag, dims, params):
+    """Features for L-Softmax / SphereFace, whose logits scale with |x|: :func:`margin_features` / 10 when typical."""
+    out = margin_features(rng, shape, tag, dims, params)
+    return out * 0.1 if tag == "typical" else out
+
+
+def margin_labels(rng, shape, tag, dims, params):
+    return rng.integers(0, dims["C"], size=shape).astype(np.int64)

@@ -1,3 +1,3 @@
 """The loss families; importing this package registers every loss (one module per family)."""
 
-from . import box, classification, embedding, regression, segmentation  # noqa: F401
+from . import box, classification, embedding, margin, regression, segmentation  # noqa: F401

@@ -1,0 +1,538 @@
+"""Margin losses (refloss.losses.margin): values and gradients against an independent mpmath oracle,
+the identities between the losses, the kinks (theta + m = pi, the easy-margin threshold, |cos| = 1),
+inputs with D != C and unstructured weights, and bad input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+import refloss
+from refloss.cases import param_paths
+from refloss.proof import autograd_check, central_difference
+
+COSINE = [refloss.normface_loss, refloss.coco_loss, refloss.cosface_loss, refloss.arcface_loss, refloss.combined_margin_loss]
+EPS_LOSSES = COSINE + [refloss.l2_softmax_loss]
+ANGULAR = [refloss.lsoftmax_loss, refloss.sphereface_loss]
+MARGIN = EPS_LOSSES + ANGULAR
+IDS = [l.name for l in MARGIN]
+
+
+# ------------------------------------------------------------------------------------------------
+# The mpmath oracle: written from the papers' formulas (acos, cos(theta + m), plain norms), sharing
+# nothing with refloss's angle-addition / Chebyshev-free implementation.
+
+
+def _mp_psi(name, c, p):
+    if name in ("lsoftmax_loss", "sphereface_loss"):
+        m = p["m"]
+        theta = mp.acos(max(min(c, mp.mpf(1)), mp.mpf(-1)))
+        k = int(mp.floor(m * theta / mp.pi))
+        psi = (-1) ** k * mp.cos(m * theta) - 2 * k
+        return (p["lambda_"] * c + psi) / (1 + p["lambda_"])
+    if name in ("normface_loss", "coco_loss", "l2_softmax_loss"):
+        return c
+    if name == "cosface_loss":
+        return c - p["margin"]
+    theta = mp.acos(max(min(c, mp.mpf(1)), mp.mpf(-1)))
+    if name == "combined_margin_loss":
+        return mp.cos(p["m1"] * theta + p["m2"]) - p["m3"]
+    m = mp.mpf(p["margin"])
+    if p.get("easy_margin"):
+        return mp.cos(theta + m) if c > 0 else c
+    if p.get("fallback", "insightface") == "insightface":
+        th = mp.cos(mp.pi - m)
+        return mp.cos(theta + m) if c > th else c - mp.sin(mp.pi - m) * m
+    return mp.cos(theta + m)
+
+
+def _mp_losses(name, x, y, w, p, dps=50):
+    """Per-sample losses in mpmath: ``x`` and ``w`` lists of lists of mpf (``dps=None``: the current precision)."""
+    with mp.workdps(dps or mp.mp.dps):
+        s = mp.mpf(p.get("alpha", p.get("scale", 1.0)))
+        eps = p.get("eps")
+
+        def norm(v):
+            n = mp.sqrt(mp.fsum(t * t for t in v))
+            return max(n, mp.mpf(eps)) if eps is not None else n
+
+        wn = [norm(row) for row in w]
+        if name == "l2_softmax_loss":  # weights raw
+            wn = [mp.mpf(1)] * len(w)
+        out = []
+        for xi, yi in zip(x, y):
+            xn = norm(xi)
+            cos = [mp.fsum(a * b for a, b in zip(xi, wj)) / (xn * n) for wj, n in zip(w, wn)]
+            if name == "lsoftmax_loss":
+                s_ = [xn * n for n in wn]
+            elif name == "sphereface_loss":
+                s_ = [xn] * len(wn)
+            else:
+                s_ = [s] * len(wn)
+            z = [a * c for a, c in zip(s_, cos)]
+            z[yi] = s_[yi] * _mp_psi(name, cos[yi], p)
+            out.append(mp.log(mp.fsum(mp.exp(t) for t in z)) - z[yi])
+        return out
+
+
+def _mp(a):
+    return [[mp.mpf(float(v)) for v in row] for row in a]
+
+
+def _mp_value(loss, x, y, w, p):
+    return np.array([float(v) for v in _mp_losses(loss.name, _mp(x), list(y), _mp(w), p)])
+
+
+def _mp_grad(loss, x, y, w, p, which):
+    """d(sum of losses)/d(input) by mpmath's high-precision numerical differentiation."""
+    X, W = _mp(x), _mp(w)
+    target = X if which == "features" else W
+    out = np.zeros(x.shape if which == "features" else w.shape)
+    with mp.workdps(40):
+        for i in range(out.shape[0]):
+            for k in range(out.shape[1]):
+                base = target[i][k]
+
+                def f(t, i=i, k=k):
+                    target[i][k] = t
+                    v = mp.fsum(_mp_losses(loss.name, X, list(y), W, p, dps=None))
+                    target[i][k] = base
+                    return v
+
+                out[i, k] = float(mp.diff(f, base))
+    return out
+
+
+def _params(loss, **override):
+    p = loss.defaults()
+    p.update(override)
+    return p
+
+
+def _draw(rng, n, c, d, loss=None, params=None, away=0.02):
+    """Random features and unstructured weights (D != C), every target cosine at least ``away`` from
+    the transform's kinks and from |cos| = 1."""
+    while True:
+        x = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(0, 1.5, size=(n, 1))
+        if loss in ANGULAR:  # logits scale with |x| (and |W|): keep them O(10)
+            x = x / np.max(np.linalg.norm(x, axis=1))
+        w = rng.standard_normal((c, d)) * 10.0 ** rng.uniform(-0.5, 0.5, size=(c, 1))
+        y = rng.integers(0, c, size=n)
+        cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+        ct = cos[np.arange(n), y]
+        kinks = [1.0, -1.0]
+        if params is not None and isinstance(params.get("m"), int):
+            kinks += [math.cos(j * math.pi / params["m"]) for j in range(1, params["m"])]
+        if params is not None and loss is refloss.arcface_loss:
+            if params["easy_margin"]:
+                kinks.append(0.0)
+            elif params["fallback"] == "insightface":
+                kinks.append(math.cos(math.pi - params["margin"]))
+        if all(np.all(np.abs(ct - k) > away) for k in kinks):
+            return x, y, w
+
+
+def _vg(loss, x, y, w, **p):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return loss.value_and_grad(x, y, w, **p)
+
+
+# ------------------------------------------------------------------------------------------------
+# Values and gradients against mpmath.
+
+ORACLE_PARAMS = {
+    "normface_loss": [{}, {"scale": 30.0}],
+    "coco_loss": [{}, {"alpha": 30.0}],
+    "cosface_loss": [{}, {"margin": 0.4, "scale": 30.0}],
+    "arcface_loss": [{}, {"margin": 1.2}, {"easy_margin": True}, {"fallback": "none", "margin": 0.9}],
+    "combined_margin_loss": [{}, {"m1": 1.35, "m2": 0.4, "m3": 0.1}, {"m1": 0.9, "m2": 0.0, "m3": 0.15}],
+    "l2_softmax_loss": [{"alpha": 3.0}, {"alpha": 16.0}],
+    "lsoftmax_loss": [{}, {"m": 2, "lambda_": 5.0}, {"m": 3}, {"m": 1, "lambda_": 1.0}],
+    "sphereface_loss": [{}, {"m": 2, "lambda_": 5.0}, {"m": 3, "lambda_": 0.5}],
+}
+ORACLE_CASES = [(l, o) for l in MARGIN for o in ORACLE_PARAMS[l.name]]
+
+
+@pytest.mark.parametrize("loss, override", ORACLE_CASES, ids=[f"{l.name}-{o}" for l, o in ORACLE_CASES])
+def test_values_and_gradients_match_mpmath(loss, override):
+    rng = np.random.default_rng(hash(loss.name) % 2**32)
+    p = _params(loss, **override)
+    x, y, w = _draw(rng, 3, 4, 5, loss, p)
+    value = loss(x, y, w, **{**p, "reduction": "none"})
+    expected = _mp_value(loss, x, y, w, p)
+    # a few ulps of the logits (s up to 64): the loss is a difference of logit-sized numbers
+    np.testing.assert_allclose(value, expected, rtol=1e-14, atol=64 * 8 * np.finfo(float).eps)
+    _, (gx, gy, gw) = _vg(loss, x, y, w, **{**p, "reduction": "sum"})
+    assert gy is None
+    for name, g in (("features", gx), ("weights", gw)):
+        ref = _mp_grad(loss, x, y, w, p, name)
+        np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-13 * np.max(np.abs(ref)), err_msg=name)
+
+
+@pytest.mark.parametrize("loss", MARGIN, ids=IDS)
+def test_gradient_proof_with_d_not_c_and_unstructured_weights(loss):
+    # The registry's domains use D = C and an orthogonal frame; here every parameter path is proven
+    # (central differences and autograd) on generic inputs with D != C.
+    rng = np.random.default_rng(11)
+    rows = []
+    for params in param_paths(loss):
+        for n, c, d in ((3, 4, 6), (2, 5, 3)):
+            x, y, w = _draw(rng, n, c, d, loss, params, away=0.05)
+            rows += central_difference(loss, [x, y, w], params, rng)
+            rows += autograd_check(loss, [x, y, w], params, rng)
+    assert rows
+    bad = [f"{r.method} {r.input} {r.params}: {r.error:.3g} {r.detail}" for r in rows if not r.ok]
+    assert not bad, "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# Identities.
+
+
+def _same(a, b, rtol=0.0):
+    (va, ga), (vb, gb) = a, b
+    np.testing.assert_allclose(va, vb, rtol=rtol, atol=0)
+    for u, v in zip(ga, gb):
+        assert (u is None) == (v is None)
+        if u is not None:
+            np.testing.assert_allclose(u, v, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identities_between_the_margin_losses(seed):
+    rng = np.random.default_rng(seed)
+    x, y, w = _draw(rng, 4, 5, 7)
+    vg = lambda loss, **p: _vg(loss, x, y, w, reduction="none", **p)  # noqa: E731
+    # combined (1, m, 0) is ArcFace without the fallback; (1, 0, m) is CosFace: exactly
+    _same(vg(refloss.combined_margin_loss, m1=1.0, m2=0.5, m3=0.0), vg(refloss.arcface_loss, margin=0.5, fallback="none"))
+    _same(vg(refloss.combined_margin_loss, scale=30.0, m1=1.0, m2=0.0, m3=0.35), vg(refloss.cosface_loss, scale=30.0, margin=0.35))
+    # CosFace with m = 0 is NormFace; COCO is NormFace with s = alpha; ArcFace with m = 0 is NormFace
+    _same(vg(refloss.cosface_loss, scale=12.0, margin=0.0), vg(refloss.normface_loss, scale=12.0))
+    _same(vg(refloss.coco_loss, alpha=6.25), vg(refloss.normface_loss, scale=6.25))
+    _same(vg(refloss.arcface_loss, scale=10.0, margin=0.0), vg(refloss.normface_loss, scale=10.0), rtol=1e-15)
+    # the m1 != 1 path (atan2, closed-form slope) agrees with the angle-addition path as m1 -> 1
+    _same(vg(refloss.combined_margin_loss, m1=1.0 + 1e-12, m2=0.3, m3=0.2), vg(refloss.combined_margin_loss), rtol=1e-9)
+    # with the margin never active (easy margin, all target cosines <= 0) ArcFace is NormFace
+    neg = -np.abs(x)
+    wp = np.abs(w)
+    a = _vg(refloss.arcface_loss, neg, y, wp, reduction="none", scale=7.0, easy_margin=True)
+    b = _vg(refloss.normface_loss, neg, y, wp, reduction="none", scale=7.0)
+    _same(a, b)
+
+
+def test_straight_through_has_the_exact_value_and_the_cosface_like_gradient():
+    rng = np.random.default_rng(3)
+    x, y, w = _draw(rng, 4, 5, 6)
+    v_exact, (gx_e, _, gw_e) = _vg(refloss.arcface_loss, x, y, w, reduction="sum")
+    v_st, (gx_s, _, gw_s) = _vg(refloss.arcface_loss, x, y, w, reduction="sum", gradient="straight_through")
+    assert v_st == v_exact
+    assert not np.allclose(gx_s, gx_e)
+    # straight-through: d psi / d cos = 1, so the gradient is NormFace's chain with ArcFace's logits:
+    # build it by hand from the section-0 formulas.
+    s = 64.0
+    xn, wn = np.linalg.norm(x, axis=1, keepdims=True), np.linalg.norm(w, axis=1, keepdims=True)
+    xh, wh = x / xn, w / wn
+    cos = xh @ wh.T
+    n = np.arange(len(y))
+    z = s * cos
+    ct = cos[n, y]
+    th, mm = math.cos(math.pi - 0.5), math.sin(math.pi - 0.5) * 0.5
+    z[n, y] = s * np.where(ct > th, np.cos(np.arccos(ct) + 0.5), ct - mm)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    g = s * (p - np.eye(w.shape[0])[y])
+    gx = ((g @ wh) - np.sum((g @ wh) * xh, axis=1, keepdims=True) * xh) / xn
+    gw = ((g.T @ xh) - np.sum((g.T @ xh) * wh, axis=1, keepdims=True) * wh) / wn
+    np.testing.assert_allclose(gx_s, gx, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(gw_s, gw, rtol=1e-10, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kinks: theta + m = pi, the easy-margin threshold, |cos| = 1.
+
+
+def _at_cosine(c, d=4, classes=3, label=0, norm=3.0):
+    """Weights = the first ``classes`` unit vectors; one feature row with cos = ``c`` to class ``label``
+    (exactly, up to one rounding) and the rest of its mass on the last axis."""
+    w = np.eye(classes, d)
+    x = np.zeros((1, d))
+    x[0, label] = c
+    x[0, d - 1] = math.sqrt(max(0.0, (1 - c) * (1 + c)))
+    return norm * x, np.array([label]), w
+
+
+@pytest.mark.parametrize("margin", [0.5, 1.2])
+@pytest.mark.parametrize("side", [-1, 1])
+@pytest.mark.parametrize("gap", [1e-9, 1e-6])
+def test_arcface_near_theta_plus_m_equals_pi(margin, side, gap):
+    th = math.cos(math.pi - margin)
+    x, y, w = _at_cosine(th + side * gap)
+    for fallback in ("insightface", "none"):
+        p = _params(refloss.arcface_loss, margin=margin, fallback=fallback)
+        value = refloss.arcface_loss(x, y, w, **{**p, "reduction": "none"})
+        np.testing.assert_allclose(value, _mp_value(refloss.arcface_loss, x, y, w, p), rtol=1e-13)
+        _, (gx, _, gw) = _vg(refloss.arcface_loss, x, y, w, **p)
+        assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
+    # the insightface fallback is discontinuous at th: the jump is s (cos(pi) - (th - mm)) ~ -s 0.1173 for m = 0.5
+    if margin == 0.5:
+        above = refloss.arcface_loss(*_at_cosine(th + 1e-12), reduction="sum")
+        below = refloss.arcface_loss(*_at_cosine(th - 1e-12), reduction="sum")
+        mm = math.sin(math.pi - margin) * margin
+        jump_logit = 64.0 * ((-1.0) - (th - mm))
+        assert jump_logit == pytest.approx(64 * 0.117295, rel=1e-4)
+        assert below > above  # the fallback logit is lower: the loss jumps up
+
+
+@pytest.mark.parametrize("side", [-1, 1])
+def test_arcface_easy_margin_threshold(side):
+    x, y, w = _at_cosine(side * 1e-9)
+    p = _params(refloss.arcface_loss, easy_margin=True)
+    value = refloss.arcface_loss(x, y, w, **{**p, "reduction": "none"})
+    np.testing.assert_allclose(value, _mp_value(refloss.arcface_loss, x, y, w, p), rtol=1e-13)
+    # below the threshold the target logit is s cos: NormFace's loss
+    if side < 0:
+        np.testing.assert_allclose(value, refloss.normface_loss(x, y, w, scale=64.0, reduction="none"), rtol=1e-15)
+
+
+@pytest.mark.parametrize("loss", [refloss.arcface_loss, refloss.combined_margin_loss], ids=["arcface", "combined"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_at_cos_exactly_one_value_and_gradient_are_finite_and_exact(loss, sign):
+    # x parallel (or antiparallel) to W_y: cos = +-1 exactly; the other classes are orthogonal (cos = 0).
+    w = np.eye(3, 4) * np.array([[2.0], [0.5], [4.0]])
+    x = sign * 8.0 * np.eye(1, 4)
+    y = np.array([0])
+    for override in ({}, {"gradient": "straight_through"} if loss is refloss.arcface_loss else {"m1": 1.3}):
+        p = _params(loss, **override)
+        value, (gx, _, gw) = _vg(loss, x, y, w, **{**p, "reduction": "sum"})
+        assert np.isfinite(value) and np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
+        np.testing.assert_allclose(value, sum(_mp_value(loss, x, y, w, p)), rtol=1e-14)
+        # by hand: the target's tangent (W_hat_y - c x_hat) is exactly 0, so only the orthogonal classes
+        # contribute: dL/dx = sum_{j != y} s p_j W_hat_j / |x|, dL/dW_j = s p_j x_hat / |W_j|, dL/dW_y = 0.
+        s = p["scale"]
+        z = np.array([s * float(_mp_psi(loss.name, mp.mpf(sign), p)), 0.0, 0.0])
+        prob = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        wh = w / np.linalg.norm(w, axis=1, keepdims=True)
+        np.testing.assert_allclose(gx[0], s * (prob[1] * wh[1] + prob[2] * wh[2]) / 8.0, rtol=1e-14, atol=0)
+        expected_w = np.zeros_like(w)
+        for j in (1, 2):
+            expected_w[j] = s * prob[j] * (x[0] / 8.0) / np.linalg.norm(w[j])
+        np.testing.assert_allclose(gw, expected_w, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("delta", [1e-15, 1e-12, 1e-8, 1e-5])
+def test_arcface_close_to_cos_one(delta):
+    x, y, w = _at_cosine(1.0 - delta)
+    p = _params(refloss.arcface_loss)
+    value, (gx, _, gw) = _vg(refloss.arcface_loss, x, y, w, **{**p, "reduction": "sum"})
+    np.testing.assert_allclose(value, sum(_mp_value(refloss.arcface_loss, x, y, w, p)), rtol=1e-13)
+    assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
+    if delta >= 1e-8:  # away from the rounding floor the chain rule is accurate to eps / sin(theta)
+        ref = _mp_grad(refloss.arcface_loss, x, y, w, p, "features")
+        np.testing.assert_allclose(gx, ref, rtol=1e-6, atol=1e-6 * np.max(np.abs(ref)))
+
+
+def test_exact_scaling_of_inputs_is_exact():
+    # Norms are taken without overflow: scaling by powers of two (1e120 and 1e-120 in size) changes nothing
+    # in the value, and scales the gradients exactly by the inverse.
+    rng = np.random.default_rng(5)
+    x, y, w = _draw(rng, 3, 4, 5)
+    for loss in COSINE:
+        v, (gx, _, gw) = _vg(loss, x, y, w, reduction="sum")
+        for k in (400, -400):
+            v2, (gx2, _, gw2) = _vg(loss, x * 2.0**k, y, w * 2.0**-k, reduction="sum")
+            assert v2 == v
+            np.testing.assert_array_equal(gx2, gx * 2.0**-k)
+            np.testing.assert_array_equal(gw2, gw * 2.0**k)
+
+
+# ------------------------------------------------------------------------------------------------
+# eps and bad input.
+
+
+def test_eps_clamps_the_norm_like_f_normalize():
+    w = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    x = np.array([[3e-7, 4e-7], [0.0, 0.0], [3.0, -1.0]])
+    y = np.array([0, 2, 1])
+    for loss in EPS_LOSSES:
+        p = _params(loss, eps=1e-6, **({"alpha": 3.0} if loss is refloss.l2_softmax_loss else {}))
+        value, (gx, _, gw) = _vg(loss, x, y, w, **{**p, "reduction": "none"})
+        np.testing.assert_allclose(value, _mp_value(loss, x, y, w, p), rtol=1e-13, atol=1e-13)
+        assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
+    # inside the clamp the normalisation is x / eps: linear, so the feature gradient is (G W_hat)_i / eps
+    p = _params(refloss.normface_loss, eps=1e-6)
+    _, (gx, _, _) = _vg(refloss.normface_loss, x, y, w, **{**p, "reduction": "sum"})
+    ref = _mp_grad(refloss.normface_loss, x[:1], y[:1], w, p, "features")
+    np.testing.assert_allclose(gx[:1], ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("loss", MARGIN, ids=IDS)
+def test_zero_rows_without_eps_raise(loss):
+    w = np.eye(3, 4)
+    x = np.ones((2, 4))
+    y = np.array([0, 1])
+    bad_x = x.copy()
+    bad_x[1] = 0.0
+    hint = "" if loss in ANGULAR else r" \(pass eps= to clamp the norm\)"
+    with pytest.raises(ValueError, match=rf"^{loss.name}: features must be rows of nonzero norm{hint}, got zero row\(s\) at \[1\]$"):
+        loss(bad_x, y, w)
+    bad_w = w.copy()
+    bad_w[2] = 0.0
+    if loss is refloss.l2_softmax_loss:  # raw weights: a zero row is a zero logit
+        assert np.isfinite(loss(x, y, bad_w))
+        return
+    with pytest.raises(ValueError, match=rf"^{loss.name}: weights must be rows of nonzero norm.* at \[2\]$"):
+        loss(x, y, bad_w)
+    if loss not in ANGULAR:
+        assert np.isfinite(loss(bad_x, y, bad_w, eps=1e-12))
+
+
+@pytest.mark.parametrize("loss", MARGIN, ids=IDS)
+def test_labels_out_of_range_and_shapes(loss):
+    w = np.eye(3, 4)
+    x = np.ones((2, 4))
+    with pytest.raises(ValueError, match=rf"^{loss.name}: labels must be class indices in \[0, 3\), got 3 "):
+        loss(x, np.array([0, 3]), w)
+    with pytest.raises(ValueError, match=rf"^{loss.name}: labels must be class indices in \[0, 3\), got -1 "):
+        loss(x, np.array([-1, 0]), w)
+    with pytest.raises(ValueError, match=rf"^{loss.name}: weights must be of shape \(C=3, D=4\), got shape \(3, 5\)$"):
+        loss(x, np.array([0, 1]), np.eye(3, 5))
+    with pytest.raises(TypeError, match=rf"^{loss.name}: labels must be an integer array"):
+        loss(x, np.array([0.0, 1.0]), w)
+
+
+@pytest.mark.parametrize(
+    "loss, param, value",
+    [
+        (refloss.cosface_loss, "margin", -0.1),
+        (refloss.arcface_loss, "margin", -0.1),
+        (refloss.arcface_loss, "margin", math.pi / 2),
+        (refloss.combined_margin_loss, "m1", 0.0),
+        (refloss.combined_margin_loss, "m2", -0.2),
+        (refloss.combined_margin_loss, "m3", -0.2),
+        (refloss.normface_loss, "scale", 0.0),
+        (refloss.coco_loss, "alpha", -1.0),
+        (refloss.arcface_loss, "eps", 0.0),
+        (refloss.l2_softmax_loss, "alpha", 0.0),
+        (refloss.lsoftmax_loss, "lambda_", -1.0),
+        (refloss.sphereface_loss, "lambda_", -0.5),
+    ],
+)
+def test_invalid_margins_and_scales(loss, param, value):
+    x, y, w = np.ones((2, 4)), np.array([0, 1]), np.eye(3, 4)
+    with pytest.raises(ValueError, match=rf"^{loss.name}: {param} must be a real number in "):
+        loss(x, y, w, **{param: value})
+
+
+@pytest.mark.parametrize("loss", ANGULAR, ids=lambda l: l.name)
+@pytest.mark.parametrize("m", [0, 5])
+def test_integer_margin_out_of_range(loss, m):
+    x, y, w = np.ones((2, 4)), np.array([0, 1]), np.eye(3, 4)
+    with pytest.raises(ValueError, match=rf"^{loss.name}: m must be an integer in \[1, 4\], got {m}$"):
+        loss(x, y, w, m=m)
+    with pytest.raises(TypeError, match=rf"^{loss.name}: m must be an integer"):
+        loss(x, y, w, m=2.0)
+
+
+def test_float32_stays_float32_and_matches_float64():
+    rng = np.random.default_rng(9)
+    x, y, w = _draw(rng, 4, 5, 6)
+    for loss in MARGIN:
+        v64 = loss(x, y, w)
+        v32, (gx, _, gw) = _vg(loss, x.astype(np.float32), y, w.astype(np.float32))
+        assert v32.dtype == np.float32 and gx.dtype == np.float32 and gw.dtype == np.float32
+        np.testing.assert_allclose(v32, v64, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# L2-softmax.
+
+
+def test_l2_softmax_alpha_lower_bound():
+    assert refloss.l2_softmax_alpha_lower_bound(0.9, 10000) == pytest.approx(math.log(0.9 * 9998 / 0.1), rel=1e-15)
+    assert refloss.l2_softmax_alpha_lower_bound(0.9, 10000) == pytest.approx(11.40737, abs=1e-5)
+    with pytest.raises(ValueError, match="num_classes must be an integer > 2"):
+        refloss.l2_softmax_alpha_lower_bound(0.9, 2)
+    with pytest.raises(ValueError, match="p must be in"):
+        refloss.l2_softmax_alpha_lower_bound(1.0, 10)
+
+
+def test_l2_softmax_with_unit_weights_is_normface():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 6)) * 7.0
+    y = rng.integers(0, 4, size=5)
+    w = np.eye(4, 6)[[2, 0, 3, 1]]  # unit rows: W = W_hat exactly
+    (va, (gxa, _, gwa)), (vb, (gxb, _, gwb)) = (
+        _vg(refloss.l2_softmax_loss, x, y, w, alpha=20.0, reduction="none"),
+        _vg(refloss.normface_loss, x, y, w, scale=20.0, reduction="none"),
+    )
+    np.testing.assert_array_equal(va, vb)
+    np.testing.assert_array_equal(gxa, gxb)
+    # the weights' gradients differ by the normalisation Jacobian: NormFace's is l2's projected
+    np.testing.assert_allclose(gwb, gwa - np.sum(gwa * w, axis=1, keepdims=True) * w, rtol=1e-14, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------------
+# L-Softmax and SphereFace.
+
+
+@pytest.mark.parametrize("lambda_", [0.0, 3.0])
+def test_lsoftmax_with_m_one_is_softmax_cross_entropy(lambda_):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 6))
+    w = rng.standard_normal((4, 6)) * 0.7
+    y = rng.integers(0, 4, size=5)
+    value, (gx, _, gw) = _vg(refloss.lsoftmax_loss, x, y, w, m=1, lambda_=lambda_, reduction="none")
+    logits = x @ w.T
+    ref, (glog, _) = refloss.cross_entropy.value_and_grad(logits, y, reduction="none")
+    np.testing.assert_allclose(value, ref, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(gx, glog @ w, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(gw, glog.T @ x, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("loss", ANGULAR, ids=lambda l: l.name)
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_k_boundaries_are_continuous_and_c1(loss, m):
+    # psi = (-1)^k T_m(c) - 2k is C^1 across c = cos(j pi / m): values and gradients from both sides agree.
+    for j in range(1, m):
+        c0 = math.cos(j * math.pi / m)
+        vals, grads = [], []
+        for side in (-1e-10, 1e-10):
+            x, y, w = _at_cosine(c0 + side, norm=2.0)
+            p = _params(loss, m=m, lambda_=0.0)
+            v, (gx, _, gw) = _vg(loss, x, y, w, **{**p, "reduction": "sum"})
+            np.testing.assert_allclose(v, sum(_mp_value(loss, x, y, w, p)), rtol=1e-13)
+            vals.append(v)
+            grads.append(np.concatenate([gx.ravel(), gw.ravel()]))
+        assert abs(vals[0] - vals[1]) < 1e-8 * max(1.0, abs(vals[0]))
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-7, atol=1e-7 * np.max(np.abs(grads[0])))
+
+
+@pytest.mark.parametrize("loss", ANGULAR, ids=lambda l: l.name)
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_angular_at_cos_exactly_one(loss, sign):
+    w = np.eye(3, 4) * np.array([[2.0], [0.5], [1.5]])
+    x = sign * 0.8 * np.eye(1, 4)
+    y = np.array([0])
+    for m in (1, 2, 3, 4):
+        p = _params(loss, m=m, lambda_=1.0)
+        value, (gx, _, gw) = _vg(loss, x, y, w, **{**p, "reduction": "sum"})
+        assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
+        np.testing.assert_allclose(value, sum(_mp_value(loss, x, y, w, p)), rtol=1e-14)
+
+
+def test_margin_lambda_schedule():
+    assert refloss.margin_lambda_schedule(0) == 1000.0
+    assert refloss.margin_lambda_schedule(10) == pytest.approx(1000 / 2.2, rel=1e-15)
+    assert refloss.margin_lambda_schedule(1659) == 5.0  # the floor
+    assert refloss.margin_lambda_schedule(10**6) == 5.0
+    mnist = dict(base=1000.0, gamma=2.5e-5, power=35.0, lambda_min=0.0)
+    assert refloss.margin_lambda_schedule(1000, **mnist) == pytest.approx(421, rel=2e-3)
+    assert refloss.margin_lambda_schedule(10000, **mnist) == pytest.approx(0.41, rel=2e-2)
+    assert refloss.margin_lambda_schedule(5, base=1.0, gamma=0.0, power=1.0, lambda_min=0.0) == 1.0
+    with pytest.raises(ValueError, match="iteration must be >= 0"):
+        refloss.margin_lambda_schedule(-1)
