@@ -736,13 +736,14 @@ def lovasz_softmax_loss(xp, input, target, *, classes, per_image, activation):
 @lovasz_softmax_loss.defvjp
 def _lovasz_softmax_vjp(xp, cot, input, target, *, classes, per_image, activation):
     p, q, d, order, g, _, weight = _lovasz_softmax_parts(xp, input, target, classes, per_image, activation)
-    b = weight.shape[0]
-    c = xp.reshape(cot * xp.ones((b,), dtype=p.dtype), (b, 1, 1))
-    g_e = _unsort(xp, g * xp.expand_dims(weight, axis=-1) * c, order)
+    g_e = _unsort(xp, g * xp.expand_dims(weight, axis=-1), order)
     g_rows = xp.sign(d) * g_e
     n, k = input.shape[0], input.shape[1]
     m = math.prod(input.shape[2:])
     if not per_image:
         g_rows = xp.permute_dims(xp.reshape(g_rows, (k, n, m)), (1, 0, 2))
     g_p = xp.reshape(g_rows, input.shape)
-    return _activation_vjp(xp, g_p, p, q, activation), None
+    # The cotangent is applied last: the softmax backward cancels, and a cotangent folded in before
+    # it (1/N under 'mean') would be rounded inside that cancellation.
+    cot = xp.reshape(cot, (n,) + (1,) * (input.ndim - 1)) if per_image else cot
+    return _activation_vjp(xp, g_p, p, q, activation) * cot, None
