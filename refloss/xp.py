@@ -28,6 +28,7 @@ __all__ = [
     "logsumexp",
     "log_softmax",
     "softmax",
+    "softmax_complement",
     "softplus",
     "log_sigmoid",
     "sigmoid",
@@ -134,6 +135,14 @@ def softmax(x, /, *, axis=-1, xp=None):
     xp = namespace(x) if xp is None else xp
     _, finite, _, _, e, rest = _shifted_parts(xp, x, axis)
     return xp.where(finite, e / (1 + rest), xp.full_like(e, math.nan))
+
+
+def softmax_complement(x, /, *, axis=-1, xp=None):
+    """``1 - softmax(x)`` without cancellation where ``softmax(x) -> 1``: ``(rest - expm1(x - m)) / (1 + rest)``
+    (the maximum's entry is ``rest / (1 + rest)``, every other one a sum of positive terms)."""
+    xp = namespace(x) if xp is None else xp
+    _, finite, _, shifted, _, rest = _shifted_parts(xp, x, axis)
+    return xp.where(finite, (rest - xp.expm1(shifted)) / (1 + rest), xp.full_like(shifted, math.nan))
 
 
 def softplus(x, /, *, xp=None):

@@ -133,3 +133,16 @@ def test_focal_losses_are_finite_at_saturation_for_small_gamma():
     z = np.array([[-1e4, 1e4, 3.0, -2.0]])
     value, (d_z, _) = refloss.value_and_grad(refloss.softmax_focal_loss, z, np.array([1]), gamma=0.5)
     assert value == 0.0 and np.isfinite(d_z).all()
+
+
+def test_cross_entropy_gradient_keeps_the_target_share_when_it_dominates():
+    import mpmath
+
+    mpmath.mp.dps = 50
+    z = np.array([[50.0, 0.0, -3.0]])
+    e = [mpmath.exp(mpmath.mpf(v)) for v in z[0]]
+    exact = [float(e[0] / sum(e) - 1), float(e[1] / sum(e)), float(e[2] / sum(e))]
+    _, (g, _) = refloss.value_and_grad(refloss.cross_entropy, z, np.array([0]), reduction="sum")
+    np.testing.assert_allclose(g[0], exact, rtol=1e-15)  # p_y - 1 would round to 0 here
+    _, (g_soft, _) = refloss.value_and_grad(refloss.softmax_cross_entropy, z, np.array([[1.0, 0.0, 0.0]]), reduction="sum")
+    np.testing.assert_allclose(g_soft[0], exact, rtol=1e-15)

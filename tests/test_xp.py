@@ -109,3 +109,13 @@ def test_namespace_rules():
         shim.namespace(a, b)
     with pytest.raises(TypeError, match="no array"):
         shim.namespace(None, 2.0)
+
+
+def test_softmax_complement_keeps_relative_precision(xp):
+    rows = [[50.0, 0.0, -3.0], [1.0, 1.0, -2.0], [0.5, -0.25, 1e-8]]
+    got = to_numpy(shim.softmax_complement(_arr(xp, rows), axis=1))
+    for row, out in zip(rows, got):
+        total = mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in row)
+        want = [float(1 - mpmath.exp(mpmath.mpf(v)) / total) for v in row]
+        np.testing.assert_allclose(out, want, rtol=4e-16, atol=0)
+    assert np.isnan(to_numpy(shim.softmax_complement(_arr(xp, [[-math.inf, -math.inf]]), axis=1))).all()

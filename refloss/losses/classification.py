@@ -26,6 +26,7 @@ from ..xp import (
     safe_log,
     sigmoid,
     softmax,
+    softmax_complement,
     softplus,
     take_along_axis,
     xlogy,
@@ -211,9 +212,15 @@ def _soft_target_cross_entropy(xp, a, lsm):
 
 
 def _soft_target_cross_entropy_grad(xp, cot, a, logits):
-    """d/dz of :func:`_soft_target_cross_entropy`: ``(sum_c a_c) p - a``, since ``d lsm_c / d z_k = delta_ck - p_k``."""
+    """d/dz of :func:`_soft_target_cross_entropy`: ``(sum_c a_c) p - a``, since ``d lsm_c / d z_k = delta_ck - p_k``.
+
+    Evaluated as ``(A - a) p - a (1 - p)`` with ``1 - p`` from :func:`refloss.xp.softmax_complement`:
+    where the target dominates (``1 - p_y < 2^-53``), ``A p_y - a_y`` would round to 0 and drop the
+    target's share of the gradient, while this keeps every entry to a few ULP of itself.
+    """
     p = softmax(logits, axis=1, xp=xp)
-    return _expand(xp, cot) * (xp.sum(a, axis=1, keepdims=True) * p - a)
+    rest = xp.sum(a, axis=1, keepdims=True) - a
+    return _expand(xp, cot) * (rest * p - a * softmax_complement(logits, axis=1, xp=xp))
 
 
 @loss(

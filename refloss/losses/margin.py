@@ -42,7 +42,7 @@ import numpy as np  # domains and error messages only
 from .. import domains as D
 from ..loss import Input, Param, _fail, loss
 from ..xp import log_softmax, one_hot, softmax, take_along_axis, to_numpy
-from .classification import _soft_target_cross_entropy
+from .classification import _soft_target_cross_entropy, _soft_target_cross_entropy_grad
 
 __all__ = [
     "normface_loss",
@@ -157,19 +157,6 @@ def _margin_logits(xp, cos, xr, wr, labels, scale, psi):
     return z, hot, slope
 
 
-def _hard_target_cross_entropy_grad(xp, cot, hot, z):
-    """``cot (p - onehot(y))``, the target entry as ``-sum_{j != y} p_j``.
-
-    Same value as classification's ``(sum a) p - a`` with one-hot ``a``, but without its cancellation
-    ``p_y - 1``: where the target dominates (``1 - p_y < 2^-53``, routine at ``s = 64``) that rounds to 0
-    while the other entries do not, and the gradient would lose the target's share entirely.
-    """
-    p = softmax(z, axis=1, xp=xp)
-    others = xp.where(hot, xp.zeros_like(p), p)
-    g = xp.where(hot, -xp.sum(others, axis=1, keepdims=True), others)
-    return xp.expand_dims(cot, axis=1) * g
-
-
 def _margin_forward(xp, features, labels, weights, scale, eps, psi):
     if features.shape[0] == 0:  # an empty batch (possibly with no classes): nothing to normalise over
         return xp.zeros((0,), dtype=features.dtype, device=array_api_compat.device(features))
@@ -189,7 +176,7 @@ def _margin_vjp(xp, cot, features, labels, weights, scale, eps, psi):
     # (The tangent projections cancel near |cos| = 1; rounding the cotangent in first would leak into them.)
     k = xp.max(xp.abs(cot)) if cot.shape[0] else xp.ones((), dtype=cot.dtype)
     k = xp.where((k > 0) & xp.isfinite(k), k, xp.ones_like(k))
-    gz = _hard_target_cross_entropy_grad(xp, cot / k, hot, z)  # cot (p - onehot) / k
+    gz = _soft_target_cross_entropy_grad(xp, cot / k, xp.astype(hot, z.dtype), z)  # cot (p - onehot) / k
     g = scale * xp.where(hot, gz * xp.expand_dims(slope, axis=1), gz)  # dL/dcos / k
     gx = _normalise_rows_vjp(xp, xp.matmul(g, wh), xh, xn, xc)
     gw = _normalise_rows_vjp(xp, xp.matmul(g.T, xh), wh, wn, wc)
@@ -579,7 +566,7 @@ def _l2_softmax_vjp(xp, cot, features, labels, weights, *, alpha, eps):
     hot = one_hot(labels, weights.shape[0], axis=1, xp=xp)
     k = xp.max(xp.abs(cot))  # common cotangent scale applied last (see _margin_vjp)
     k = xp.where((k > 0) & xp.isfinite(k), k, xp.ones_like(k))
-    g = alpha * _hard_target_cross_entropy_grad(xp, cot / k, hot, z)
+    g = alpha * _soft_target_cross_entropy_grad(xp, cot / k, xp.astype(hot, z.dtype), z)
     gx = _normalise_rows_vjp(xp, xp.matmul(g, weights), xh, xn, xc)
     return k * gx, None, k * xp.matmul(g.T, xh)
 
@@ -652,7 +639,7 @@ def _angular_vjp(xp, cot, features, labels, weights, m, lambda_, weight_norm):
     (xh, xn, wh, wn), cos, hot, f, df, z = _angular_parts(xp, features, labels, weights, m, lambda_, weight_norm)
     k = xp.max(xp.abs(cot))  # common cotangent scale applied last (see _margin_vjp)
     k = xp.where((k > 0) & xp.isfinite(k), k, xp.ones_like(k))
-    gz = _hard_target_cross_entropy_grad(xp, cot / k, hot, z)
+    gz = _soft_target_cross_entropy_grad(xp, cot / k, xp.astype(hot, z.dtype), z)
     a = gz * (f - cos * df)
     b = gz * df
     if weight_norm:
