@@ -507,7 +507,7 @@ def hinge_targets(rng, shape, tag, dims, params):
 # Both generators build on one fixed, non-symmetric orthogonal frame U (C x C, seeded by C): weights
 # are W_j = r_j U_j and features x_i = |x_i| (a_i U) with a_i a unit vector, so cos(x_i, W_j) = a_ij
 # exactly and the feature generator controls every cosine without seeing the weights. Features
-# therefore have D = C (the catalogue-wide label test reads the class count from features.shape[1]);
+# therefore have D = C (a property of this construction only; the contract and tests allow any D);
 # tests/test_margin.py proves the gradients with D != C and random, unstructured weights as well.
 
 

@@ -199,13 +199,23 @@ def test_ignore_index_exempts_only_its_own_value():
         refloss.cross_entropy(Z, np.array([0, 5, 7]), ignore_index=7)
 
 
+def _declared_size(loss, case, dim):
+    """The size of the named dimension ``dim``, read from the first input whose shape pattern declares it
+    (``C`` is axis 1 of ``logits (N, C, *)`` but axis 0 of ``weights (C, D)``)."""
+    for spec, x in zip(loss.inputs, case.inputs):
+        tokens = spec.shape.split()
+        if dim in tokens and "*" not in tokens[: tokens.index(dim)]:
+            return x.shape[tokens.index(dim)]
+    raise AssertionError(f"{loss.name}: no input declares dimension {dim!r}")
+
+
 @pytest.mark.parametrize("loss", [l for l in CATALOG if any(i.classes for i in l.inputs)], ids=lambda l: l.name)
 @pytest.mark.parametrize("offset", ["too_high", "too_low"])
 def test_every_label_input_rejects_out_of_range_labels(loss, offset):
     case = _sample(loss)
     k, spec = next((k, s) for k, s in enumerate(loss.inputs) if s.classes)
     inputs, params = _call_args(case)
-    num_classes = case.inputs[0].shape[1]
+    num_classes = _declared_size(loss, case, spec.classes)
     bad_value = num_classes if offset == "too_high" else -2  # -1 is multilabel padding; -100 the default ignore
     labels = inputs[k].copy()
     labels.flat[0] = bad_value
