@@ -14,11 +14,13 @@ and runs on NumPy, CuPy, array-api-strict and any other array-API library::
 from __future__ import annotations
 
 from . import xp
+from .inference import class_probabilities, cosine_logits, margin_logits, verification_scores
 from .loss import REDUCTIONS, Input, Loss, Param, catalog, get
 from .losses.box import *  # noqa: F403
 from .losses.classification import *  # noqa: F403 - each family module lists its losses in __all__
 from .losses.embedding import *  # noqa: F403
 from .losses.margin import *  # noqa: F403
+from .losses.margin_adaptive import *  # noqa: F403
 from .losses.regression import *  # noqa: F403
 from .losses.segmentation import *  # noqa: F403
 
@@ -31,6 +33,9 @@ def value_and_grad(loss: Loss, *inputs, **params):
     return loss.value_and_grad(*inputs, **params)
 
 
-__all__ = ["REDUCTIONS", "Input", "Loss", "Param", "catalog", "get", "value_and_grad", "xp"] + sorted(
+__all__ = [
+    "REDUCTIONS", "Input", "Loss", "Param", "catalog", "get", "value_and_grad", "xp",
+    "class_probabilities", "cosine_logits", "margin_logits", "verification_scores",
+] + sorted(
     name for name, obj in dict(globals()).items() if isinstance(obj, Loss)
 )
