@@ -608,3 +608,337 @@ def angular_features(rng, shape, tag, dims, params):
 
 def margin_labels(rng, shape, tag, dims, params):
     return rng.integers(0, dims["C"], size=shape).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Margin family: RBF-softmax and L-GM features and class centres.
+#
+# Generators ``(rng, shape, tag, dims, params) -> numpy array`` for the features (N, D) and class
+# centres (C, D) of rbf_softmax_loss and lgm_loss. Both losses see squared distances in units of a
+# width w: RBF ``K = exp(-|W - x|^2 / w^2)`` with ``w = sqrt(gamma)``, L-GM ``d = |x - mu|^2 / w^2`` with
+# ``w = sqrt(2)``. The two inputs are drawn independently (a generator never sees the other one), so
+# what they share (a common offset, the centres that extreme and edge features coincide with) is a
+# deterministic function of the dimensions and parameters.
+
+
+def _centre_width(kind, params):
+    return math.sqrt(params["gamma"]) if kind == "rbf" else math.sqrt(2.0)
+
+
+def _centre_reach(kind, params):
+    """Largest ``|W_j - x_i|^2 / w^2`` of typical inputs: for RBF the logits ``s K`` then spread over at
+    most ``min(s, 8)`` (``K`` in ``[1 - 8/s, 1]``, 0.1 at most); for L-GM ``d`` in ``[0, 6]`` (logits down to
+    ``-6 (1 + alpha)``)."""
+    if kind == "rbf":
+        return -math.log(1.0 - min(8.0 / params["scale"], 0.9))
+    return 6.0
+
+
+def _centre_pattern(c, d):
+    """Fixed centre positions (C, D) in widths (seeded by C and D): random directions, norms 0.3..1.2."""
+    g = np.random.default_rng(104729 + 97 * c + d)
+    return _rows(g, (c, d), g.uniform(0.3, 1.2, size=(c, 1)))
+
+
+def _centre_lattice(c, d):
+    """Fixed small-integer centres (C, D) in {-1, 0, 1} (seeded by C and D): duplicates and ties occur."""
+    return np.random.default_rng(7727 + 97 * c + d).integers(-1, 2, size=(c, d)).astype(float)
+
+
+def _centre_domain(kind, role):
+    huge = (300.0, 307.5) if kind == "rbf" else (20.0, 100.0)  # L-GM's value is |x|^2 / 2: keep it finite
+
+    def domain(rng, shape, tag, dims, params):
+        n, d = shape
+        c = dims["C"]
+        w = _centre_width(kind, params)
+        if tag == "typical":
+            offset = 3.0 * w * np.ones(d) / math.sqrt(d)  # a common translation: coordinates are not centred
+            radius = w * math.sqrt(_centre_reach(kind, params)) / 2  # both within radius of it
+            return offset + _rows(rng, shape, radius * rng.uniform(0.2, 1.0, size=(n, 1)))
+        if tag == "extreme":
+            offset = 2.0**20 * w * np.ones(d) / math.sqrt(d)
+            pattern = _centre_pattern(c, d)
+            normal = c - 1 if kind == "rbf" and c >= 3 else c  # RBF: the last centre is huge
+            if role == "centres":
+                out = offset + w * pattern
+                if normal < c:
+                    out[-1] = _rows(rng, (d,), 10.0 ** rng.uniform(*huge))
+                return out
+            rows = []
+            for _ in range(n):
+                k = int(rng.integers(normal))
+                kind_ = int(rng.integers(4))
+                if kind_ == 0:  # coincident with centre k (the same operations: the same bits)
+                    rows.append(offset + w * pattern[k])
+                elif kind_ == 1:  # 1e-6 widths from centre k, 2^20 widths from the origin
+                    rows.append(offset + w * (pattern[k] + 1e-6 * _rows(rng, (d,), 1.0)))
+                elif kind_ == 2:  # 40 widths from every centre: RBF's K underflows to 0
+                    rows.append(offset + w * _rows(rng, (d,), 40.0))
+                else:  # a huge norm
+                    rows.append(_rows(rng, (d,), 10.0 ** rng.uniform(*huge)))
+            return np.array(rows).reshape(n, d)
+        step = 2.0 ** math.floor(math.log2(w))  # lattice spacing about one width, a power of two: exact
+        lattice = _centre_lattice(c, d)
+        if role == "centres":
+            return step * lattice
+        out = rng.integers(-1, 2, size=(n, d)).astype(float)
+        pick = rng.random(n) < 0.5  # half the rows coincide with a centre
+        out[pick] = lattice[rng.integers(c, size=int(pick.sum()))]
+        if n:
+            out[0] = 0.0
+        return step * out
+
+    domain.__name__ = f"{kind}_{role}"
+    domain.__doc__ = (
+        f"{'Features' if role == 'features' else 'Class centres'} for the {kind.upper()} loss: typical within "
+        "half the typical reach of a common offset 3 w; extreme: centres at a fixed pattern 2^20 widths from "
+        "the origin (and, for RBF, one centre of norm 1e300), features coincident with, 1e-6 widths from, or "
+        "40 widths from the centres, or of a huge norm; edge: a small-integer lattice (zero rows, coincidences)."
+    )
+    return domain
+
+
+rbf_features = _centre_domain("rbf", "features")
+rbf_centres = _centre_domain("rbf", "centres")
+lgm_features = _centre_domain("lgm", "features")
+lgm_means = _centre_domain("lgm", "centres")
+
+
+# ------------------------------------------------------------------------------------------------
+# Margin family beyond the seeds: Sub-center ArcFace, AdaCos, CurricularFace, MagFace, AdaFace.
+#
+# As refloss.domains.margin_features: weights are rows of a fixed orthogonal frame U (seeded by its size)
+# and features |x| (a U) with a unit vector a, so cos(x, W_j) = a_j exactly. Typical rows are drawn
+# until every cosine a kink could involve is 0.05 away from it, whatever the label (the features are
+# drawn before the labels); extreme rows sit within 1e-9..1e-4 of |c| = 1 or of a threshold with norms
+# 1e-100..1e100 (or at the norm bounds that matter); edge rows are parallel to a weight row, with the
+# norm bounds hit exactly, and a zero row when eps is set.
+
+_AWAY = 0.05
+
+
+def _unit(rng, dim):
+    a = rng.standard_normal(dim)
+    return a / np.linalg.norm(a)
+
+
+def _ctm(c, m):
+    """cos(acos(c) + m) for the domains (plain NumPy)."""
+    return c * math.cos(m) - math.sqrt(max(0.0, 1 - c * c)) * math.sin(m)
+
+
+def _arc_kinks(params, m):
+    if params.get("easy_margin"):
+        return [0.0]
+    if params.get("fallback", "insightface") == "insightface":
+        return [math.cos(math.pi - m)]
+    return []
+
+
+def _far(values, kinks):
+    return all(abs(v - k) >= _AWAY for v in values for k in kinks)
+
+
+def _cosine_rows(rng, n, dim, tag, params, *, accept, norm, leads, edge_norms=(1.0,), bounded=True):
+    """``(a, norms)``: n unit rows of cosines and their norms (see the section comment).
+
+    ``accept(a, norm)`` screens typical rows (``a`` with every ``|a_j|`` in [0.05, 0.9] already, unless
+    not ``bounded``);
+    ``norm(rng)`` draws a typical norm; ``leads(rng)`` lists cosines an extreme row may take.
+    """
+    rows, norms = [], []
+    for _ in range(n):
+        if tag == "typical":
+            for _ in range(100000):
+                r = norm(rng)
+                a = _unit(rng, dim)
+                if (not bounded or np.all((np.abs(a) >= _AWAY) & (np.abs(a) <= 0.9))) and accept(a, r):
+                    break
+            else:  # pragma: no cover - the acceptance rates are far above 1e-5
+                raise RuntimeError("domain: no typical row found")
+        elif tag == "extreme":
+            lead = rng.choice(leads(rng))
+            a = _unit_row(rng, dim, float(lead), int(rng.integers(dim)))
+            r = 10.0 ** rng.uniform(-100, 100) if rng.random() < 0.7 else norm(rng)
+        else:
+            a = np.zeros(dim)
+            a[int(rng.integers(dim))] = rng.choice([-1.0, 1.0])
+            r = float(rng.choice(edge_norms))
+        rows.append(a)
+        norms.append(r)
+    return np.array(rows).reshape(n, dim), np.array(norms)
+
+
+def _features(frame, a, norms, tag, params):
+    out = norms[:, None] * (a @ frame)
+    if tag == "edge" and params.get("eps") is not None and out.shape[0]:
+        out[0] = 0.0
+    return out
+
+
+def _near_one(rng):
+    delta = 10.0 ** rng.uniform(-9, -4)
+    return [1.0 - delta, -(1.0 - delta)]
+
+
+def _face_norm(rng):
+    return 10.0 ** rng.uniform(1.0, 2.0)
+
+
+def subcenter_features(rng, shape, tag, dims, params):
+    """Features (N, C K) for :func:`subcenter_weights`: cos(x, W_jk) is a_{jK+k}. Typically each class's
+    largest sub-centre cosine is in [-0.9, 0.9], 0.05 above the second (the max's kink) and 0.05 away
+    from the ArcFace kinks (0 with easy_margin, cos(pi - m) with the insightface fallback)."""
+    c, k = dims["C"], dims["K"]
+    kinks = _arc_kinks(params, params.get("margin", 0.5))
+
+    def accept(a, r):
+        top = np.sort(a.reshape(c, k), axis=1)
+        gaps = top[:, -1] - top[:, -2] if k > 1 else np.ones(c)
+        return np.all(np.abs(top[:, -1]) <= 0.9) and np.all(gaps >= _AWAY) and _far(top[:, -1], kinks)
+
+    def leads(rng):
+        return _near_one(rng) + [x + s * 10.0 ** rng.uniform(-9, -4) for x in kinks for s in (-1, 1)]
+
+    a, norms = _cosine_rows(rng, shape[0], c * k, tag, params, accept=accept, norm=_face_norm, leads=leads, bounded=False)
+    return _features(_frame(c * k), a, norms, tag, params)
+
+
+def subcenter_weights(rng, shape, tag, dims, params):
+    """Sub-centre weights (C, K, C K): rows of the frame of size C K scaled by 10^U(0.5, 1.5) (typical),
+    10^U(-100, 100) (extreme) or 1 (edge)."""
+    c, k = dims["C"], dims["K"]
+    ck = c * k
+    if tag == "typical":
+        r = 10.0 ** rng.uniform(0.5, 1.5, size=ck)
+    elif tag == "extreme":
+        r = 10.0 ** rng.uniform(-100, 100, size=ck)
+    else:
+        r = np.ones(ck)
+    return (r[:, None] * _frame(ck)).reshape(c, k, ck)
+
+
+def _adacos_classes(dims, params):
+    # scale=None with C = 2 is s = sqrt(2) log 1 = 0: a constant loss, whose zero gradient a relative
+    # central-difference check cannot confirm. The AdaCos domains draw at least 3 classes then (the
+    # labels stay in [0, C)); tests/test_margin_adaptive.py checks C = 2 directly.
+    return max(dims["C"], 3) if params.get("scale") is None else dims["C"]
+
+
+def adacos_features(rng, shape, tag, dims, params):
+    """Features (N, C) for :func:`adacos_weights`: typically every |c| in [0.05, 0.9] (no kink besides
+    |c| = 1: no fallback). At least 3 classes under scale=None."""
+    c = _adacos_classes(dims, params)
+    a, norms = _cosine_rows(rng, shape[0], c, tag, params, accept=lambda a, r: True, norm=_face_norm, leads=_near_one)
+    return _features(_frame(c), a, norms, tag, params)
+
+
+def adacos_weights(rng, shape, tag, dims, params):
+    """refloss.domains.margin_weights, with at least 3 classes under scale=None (see adacos_features)."""
+    return margin_weights(rng, shape, tag, {**dims, "C": _adacos_classes(dims, params)}, params)
+
+
+def curricular_features(rng, shape, tag, dims, params):
+    """Features (N, C) for refloss.domains.margin_weights. Typically, whichever class is the target, its
+    cosine is 0.05 away from the fallback threshold cos(pi - m) and every other cosine 0.05 away from the
+    hard-negative threshold cos(theta_y + m) (the logit jumps there)."""
+    c = dims["C"]
+    m = params.get("margin", 0.5)
+    th = math.cos(math.pi - m)
+
+    def accept(a, r):
+        return _far(a, [th]) and all(_far(np.delete(a, j), [_ctm(a[j], m)]) for j in range(c))
+
+    def leads(rng):
+        delta = 10.0 ** rng.uniform(-9, -4)
+        return _near_one(rng) + [th - delta, th + delta, _ctm(0.3, m) + delta]
+
+    a, norms = _cosine_rows(rng, shape[0], c, tag, params, accept=accept, norm=_face_norm, leads=leads)
+    return _features(_frame(c), a, norms, tag, params)
+
+
+def _magface_margin(params, r):
+    l_a, u_a = params.get("l_a", 10.0), params.get("u_a", 110.0)
+    l_m, u_m = params.get("l_margin", 0.45), params.get("u_margin", 0.8)
+    a = min(max(r, l_a), u_a)
+    return (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m
+
+
+def magface_features(rng, shape, tag, dims, params):
+    """Features (N, C) for refloss.domains.margin_weights with MagFace norms: typically 80% inside
+    [l_a, u_a] (5% of the range away from either bound), 20% outside (0.5 l_a..0.95 l_a or 1.05 u_a..1.5 u_a),
+    every cosine 0.05 from the easy-margin 0 or from cos(pi - m(a)) and no softmax saturated (see
+    accept); extreme rows also take norms
+    within 1e-9 relative of the bounds; edge rows have norm l_a or u_a exactly."""
+    c = dims["C"]
+    l_a, u_a = params.get("l_a", 10.0), params.get("u_a", 110.0)
+    width = u_a - l_a
+
+    def norm(rng):
+        u = rng.random()
+        if u < 0.8:
+            return rng.uniform(l_a + 0.05 * width, u_a - 0.05 * width)
+        return rng.uniform(0.5 * l_a, 0.95 * l_a) if u < 0.9 else rng.uniform(1.05 * u_a, 1.5 * u_a)
+
+    def extreme_norm(rng):
+        if rng.random() < 0.5:
+            return norm(rng)
+        return float(rng.choice([l_a, u_a])) * (1 + rng.choice([-1, 1]) * 10.0 ** rng.uniform(-9, -4))
+
+    def accept(a, r):
+        m = _magface_margin(params, r)
+        easy = params.get("easy_margin", True)
+        th = math.cos(math.pi - m)
+        if not _far(a, [0.0] if easy else [th]):
+            return False
+        # The regulariser lambda_g g(a) keeps the value O(1) while a saturated softmax makes the CE's
+        # gradient tiny: its central difference then drowns in the rounding of the sum. Whichever class
+        # is the target, its logit is at most 6 above the others' largest (p_other >= e^-6 / C).
+        for j in range(c):
+            keep = a[j] > 0 if easy else a[j] > th
+            psi = _ctm(a[j], m) if keep else (a[j] if easy else a[j] - math.sin(math.pi - m) * m)
+            if params.get("scale", 64.0) * (psi - np.max(np.delete(a, j))) > 6.0:
+                return False
+        return True
+
+    def leads(rng):
+        delta = 10.0 ** rng.uniform(-9, -4)
+        th = math.cos(math.pi - _magface_margin(params, l_a))
+        return _near_one(rng) + [delta, -delta, th + delta, th - delta]
+
+    a, norms = _cosine_rows(rng, shape[0], c, tag, params, accept=accept, norm=extreme_norm if tag == "extreme" else norm, leads=leads, edge_norms=(l_a, u_a))
+    return _features(_frame(c), a, norms, tag, params)
+
+
+def _adaface_thresholds(params, r):
+    """The cosines where AdaFace's target angle clip switches, for a row of norm ``r``."""
+    m, h = params.get("margin", 0.4), params.get("h", 0.333)
+    mean, std = params.get("norm_mean", 20.0), params.get("norm_std", 100.0)
+    n = min(max(r, 1e-3), 100.0)
+    mu = m * min(1.0, max(-1.0, h * (n - mean) / (std + 1e-3)))
+    out = []
+    for angle in (mu + 1e-3, math.pi - 1e-3 + mu):
+        if 0 < angle < math.pi:
+            out.append(math.cos(angle))
+    return out
+
+
+def adaface_features(rng, shape, tag, dims, params):
+    """Features (N, C) for refloss.domains.margin_weights with norms in [1, 150] (some beyond the clip at
+    100) typically, every cosine 0.05 away from the row's angle-clip thresholds (and |c| <= 0.9, inside
+    the clamp); extreme rows sit at the cosine clamp +-(1 - 1e-3) to within 1e-9..1e-4 or at |c| -> 1;
+    edge rows have norm 0.001 or 100 (the clip bounds)."""
+    c = dims["C"]
+
+    def leads(rng):
+        delta = 10.0 ** rng.uniform(-9, -4)
+        lim = 1 - 1e-3
+        return _near_one(rng) + [lim + delta, lim - delta, -lim + delta, -lim - delta]
+
+    a, norms = _cosine_rows(
+        rng, shape[0], c, tag, params,
+        accept=lambda a, r: _far(a, _adaface_thresholds(params, r)),
+        norm=lambda rng: rng.uniform(1.0, 150.0), leads=leads, edge_norms=(1e-3, 100.0),
+    )
+    return _features(_frame(c), a, norms, tag, params)

@@ -1,6 +1,8 @@
 """Margin losses (refloss.losses.margin): values and gradients against an independent mpmath oracle,
 the identities between the losses, the kinks (theta + m = pi, the easy-margin threshold, |cos| = 1),
-inputs with D != C and unstructured weights, and bad input."""
+inputs with D != C and unstructured weights, and bad input; the distance-based RBF-Softmax and L-GM
+losses (coincident points, K underflow, far from the origin, huge inputs); eps for L-Softmax /
+SphereFace; SphereFace's Caffe update direction against a transcription of the Caffe backward."""
 
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ from refloss.cases import param_paths
 from refloss.proof import autograd_check, central_difference
 
 COSINE = [refloss.normface_loss, refloss.coco_loss, refloss.cosface_loss, refloss.arcface_loss, refloss.combined_margin_loss]
-EPS_LOSSES = COSINE + [refloss.l2_softmax_loss]
 ANGULAR = [refloss.lsoftmax_loss, refloss.sphereface_loss]
-MARGIN = EPS_LOSSES + ANGULAR
+EPS_LOSSES = COSINE + [refloss.l2_softmax_loss] + ANGULAR
+MARGIN = EPS_LOSSES  # every loss that normalises (features, weights or both)
 IDS = [l.name for l in MARGIN]
+DISTANCE = [refloss.rbf_softmax_loss, refloss.lgm_loss]  # raw features and centres, logits from |W_j - x_i|^2
+ALL = MARGIN + DISTANCE
+ALL_IDS = [l.name for l in ALL]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -50,9 +55,28 @@ def _mp_psi(name, c, p):
     return mp.cos(theta + m)
 
 
+def _mp_distance_losses(name, x, y, w, p):
+    """RBF-Softmax (Zhang et al. 2020) and L-GM (Wan et al. 2018, identity covariance, equal priors), from
+    the papers' formulas: squared distances summed coordinate by coordinate, then the softmax cross-entropy."""
+    out = []
+    for xi, yi in zip(x, y):
+        dist = [mp.fsum((a - b) ** 2 for a, b in zip(xi, wj)) for wj in w]
+        if name == "rbf_softmax_loss":
+            z = [mp.mpf(p["scale"]) * mp.exp(-t / mp.mpf(p["gamma"])) for t in dist]
+            reg = 0
+        else:  # -log of the margin posterior, plus lambda (-log N(x; mu_y, I) - (D/2) log 2 pi)
+            d = [t / 2 for t in dist]
+            z = [-dk * (1 + (mp.mpf(p["alpha"]) if k == yi else 0)) for k, dk in enumerate(d)]
+            reg = mp.mpf(p["lambda_"]) * d[yi]
+        out.append(mp.log(mp.fsum(mp.exp(t) for t in z)) - z[yi] + reg)
+    return out
+
+
 def _mp_losses(name, x, y, w, p, dps=50):
     """Per-sample losses in mpmath: ``x`` and ``w`` lists of lists of mpf (``dps=None``: the current precision)."""
     with mp.workdps(dps or mp.mp.dps):
+        if name in ("rbf_softmax_loss", "lgm_loss"):
+            return _mp_distance_losses(name, x, y, w, p)
         s = mp.mpf(p.get("alpha", p.get("scale", 1.0)))
         eps = p.get("eps")
 
@@ -113,13 +137,29 @@ def _params(loss, **override):
     return p
 
 
+def _width(loss, params):
+    """The distance losses' length scale: RBF's K = exp(-|W - x|^2 / gamma), L-GM's d = |x - mu|^2 / 2."""
+    return math.sqrt(params["gamma"]) if loss is refloss.rbf_softmax_loss else math.sqrt(2.0)
+
+
+def _draw_points(rng, n, c, d, width):
+    """Centres around a common offset (2 widths from the origin), features near random centres: the
+    squared distances are a few widths^2, so the kernels and logits are O(1) and the softmax is not degenerate."""
+    w = 2 * width / math.sqrt(d) + 0.4 * width * rng.standard_normal((c, d)) * 10.0 ** rng.uniform(-0.3, 0.3, size=(c, 1))
+    x = w[rng.integers(0, c, size=n)] + 0.3 * width * rng.standard_normal((n, d))
+    return x, rng.integers(0, c, size=n), w
+
+
 def _draw(rng, n, c, d, loss=None, params=None, away=0.02):
     """Random features and unstructured weights (D != C), every target cosine at least ``away`` from
-    the transform's kinks and from |cos| = 1."""
+    the transform's kinks and from |cos| = 1 (for the distance losses: :func:`_draw_points`)."""
+    if loss in DISTANCE:
+        return _draw_points(rng, n, c, d, _width(loss, params or loss.defaults()))
     while True:
         x = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(0, 1.5, size=(n, 1))
-        if loss in ANGULAR:  # logits scale with |x| (and |W|): keep them O(10)
-            x = x / np.max(np.linalg.norm(x, axis=1))
+        if loss in ANGULAR:  # logits scale with |x| (and |W|): keep them O(10), and |x| >= 0.3 (the
+            # central differences' step 1e-4 stays small against the curvature scale |x|)
+            x = x / np.linalg.norm(x, axis=1, keepdims=True) * 10.0 ** rng.uniform(-0.5, 0, size=(n, 1))
         w = rng.standard_normal((c, d)) * 10.0 ** rng.uniform(-0.5, 0.5, size=(c, 1))
         y = rng.integers(0, c, size=n)
         cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
@@ -154,8 +194,10 @@ ORACLE_PARAMS = {
     "l2_softmax_loss": [{"alpha": 3.0}, {"alpha": 16.0}],
     "lsoftmax_loss": [{}, {"m": 2, "lambda_": 5.0}, {"m": 3}, {"m": 1, "lambda_": 1.0}],
     "sphereface_loss": [{}, {"m": 2, "lambda_": 5.0}, {"m": 3, "lambda_": 0.5}],
+    "rbf_softmax_loss": [{}, {"scale": 4.0, "gamma": 1.8}, {"scale": 14.0, "gamma": 2.2}],
+    "lgm_loss": [{}, {"alpha": 0.1, "lambda_": 0.01}, {"alpha": 0.0, "lambda_": 0.0}, {"alpha": 0.3, "lambda_": 2.0}],
 }
-ORACLE_CASES = [(l, o) for l in MARGIN for o in ORACLE_PARAMS[l.name]]
+ORACLE_CASES = [(l, o) for l in ALL for o in ORACLE_PARAMS[l.name]]
 
 
 @pytest.mark.parametrize("loss, override", ORACLE_CASES, ids=[f"{l.name}-{o}" for l, o in ORACLE_CASES])
@@ -174,7 +216,7 @@ def test_values_and_gradients_match_mpmath(loss, override):
         np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-13 * np.max(np.abs(ref)), err_msg=name)
 
 
-@pytest.mark.parametrize("loss", MARGIN, ids=IDS)
+@pytest.mark.parametrize("loss", ALL, ids=ALL_IDS)
 def test_gradient_proof_with_d_not_c_and_unstructured_weights(loss):
     # The registry's domains use D = C and an orthogonal frame; here every parameter path is proven
     # (central differences and autograd) on generic inputs with D != C.
@@ -377,7 +419,7 @@ def test_zero_rows_without_eps_raise(loss):
     y = np.array([0, 1])
     bad_x = x.copy()
     bad_x[1] = 0.0
-    hint = "" if loss in ANGULAR else r" \(pass eps= to clamp the norm\)"
+    hint = r" \(pass eps= to clamp the norm\)"
     with pytest.raises(ValueError, match=rf"^{loss.name}: features must be rows of nonzero norm{hint}, got zero row\(s\) at \[1\]$"):
         loss(bad_x, y, w)
     bad_w = w.copy()
@@ -387,11 +429,11 @@ def test_zero_rows_without_eps_raise(loss):
         return
     with pytest.raises(ValueError, match=rf"^{loss.name}: weights must be rows of nonzero norm.* at \[2\]$"):
         loss(x, y, bad_w)
-    if loss not in ANGULAR:
-        assert np.isfinite(loss(bad_x, y, bad_w, eps=1e-12))
+    value, grads = _vg(loss, bad_x, y, bad_w, eps=1e-12)
+    assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads if g is not None)
 
 
-@pytest.mark.parametrize("loss", MARGIN, ids=IDS)
+@pytest.mark.parametrize("loss", ALL, ids=ALL_IDS)
 def test_labels_out_of_range_and_shapes(loss):
     w = np.eye(3, 4)
     x = np.ones((2, 4))
@@ -420,6 +462,14 @@ def test_labels_out_of_range_and_shapes(loss):
         (refloss.l2_softmax_loss, "alpha", 0.0),
         (refloss.lsoftmax_loss, "lambda_", -1.0),
         (refloss.sphereface_loss, "lambda_", -0.5),
+        (refloss.lsoftmax_loss, "eps", 0.0),
+        (refloss.sphereface_loss, "eps", -1e-12),
+        (refloss.rbf_softmax_loss, "scale", 0.0),
+        (refloss.rbf_softmax_loss, "scale", -35.0),
+        (refloss.rbf_softmax_loss, "gamma", 0.0),
+        (refloss.rbf_softmax_loss, "gamma", -16.0),
+        (refloss.lgm_loss, "alpha", -0.1),
+        (refloss.lgm_loss, "lambda_", -1.0),
     ],
 )
 def test_invalid_margins_and_scales(loss, param, value):
@@ -440,8 +490,8 @@ def test_integer_margin_out_of_range(loss, m):
 
 def test_float32_stays_float32_and_matches_float64():
     rng = np.random.default_rng(9)
-    x, y, w = _draw(rng, 4, 5, 6)
-    for loss in MARGIN:
+    for loss in ALL:
+        x, y, w = _draw(rng, 4, 5, 6, loss)
         v64 = loss(x, y, w)
         v32, (gx, _, gw) = _vg(loss, x.astype(np.float32), y, w.astype(np.float32))
         assert v32.dtype == np.float32 and gx.dtype == np.float32 and gw.dtype == np.float32
@@ -536,3 +586,321 @@ def test_margin_lambda_schedule():
     assert refloss.margin_lambda_schedule(5, base=1.0, gamma=0.0, power=1.0, lambda_min=0.0) == 1.0
     with pytest.raises(ValueError, match="iteration must be >= 0"):
         refloss.margin_lambda_schedule(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# eps for L-Softmax and SphereFace.
+
+
+@pytest.mark.parametrize("loss", ANGULAR, ids=lambda l: l.name)
+@pytest.mark.parametrize("m", [1, 3, 4])
+def test_angular_eps_matches_an_f_normalize_oracle(loss, m):
+    # Norms max(|v|, eps) (F.normalize), which also scale the logits: rows below eps (zero, tiny) are finite
+    # and agree with the mpmath oracle, values and gradients (there the row's normalisation is v / eps).
+    eps = 1e-6
+    w = np.array([[1.0, 0.0, 0.5], [0.0, 2.0, -1.0], [3e-7, -4e-7, 0.0], [-1.0, 1.0, 1.0]])
+    x = np.array([[3e-7, 4e-7, -1e-7], [0.0, 0.0, 0.0], [0.6, -0.3, 0.2], [0.1, 0.5, 0.4]])
+    y = np.array([0, 2, 1, 2])
+    p = _params(loss, m=m, lambda_=1.0, eps=eps)
+    value, (gx, _, gw) = _vg(loss, x, y, w, **{**p, "reduction": "none"})
+    np.testing.assert_allclose(value, _mp_value(loss, x, y, w, p), rtol=1e-13, atol=1e-15)
+    for name, g in (("features", gx), ("weights", gw)):
+        ref = _mp_grad(loss, x, y, w, p, name)
+        np.testing.assert_allclose(g, ref, rtol=1e-9, atol=1e-12 * np.max(np.abs(ref)), err_msg=name)
+
+
+@pytest.mark.parametrize("loss", ANGULAR, ids=lambda l: l.name)
+def test_angular_eps_leaves_unclamped_rows_bit_identical(loss):
+    rng = np.random.default_rng(21)
+    x, y, w = _draw(rng, 5, 4, 6, loss)
+    for m in (1, 2, 3, 4):
+        a = _vg(loss, x, y, w, m=m, lambda_=2.0, reduction="sum")
+        b = _vg(loss, x, y, w, m=m, lambda_=2.0, reduction="sum", eps=1e-12)
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[1][0], b[1][0])
+        np.testing.assert_array_equal(a[1][2], b[1][2])
+
+
+# ------------------------------------------------------------------------------------------------
+# SphereFace's Caffe update direction (wy1iu/sphereface MarginInnerProductLayer), transcribed here from
+# the layer's Forward_cpu / Backward_cpu formulas with Caffe's sign helpers (sign(0) = 0).
+
+
+def _caffe_psi_and_coefficients(c, xn, m):
+    """Caffe's target logit factor psi and its backward pair (coeff_w, coeff_x) before the normalisation."""
+    sign = np.sign
+    s0 = sign(c)
+    if m == 1:
+        return c, 1.0, 0.0
+    if m == 2:
+        return 2 * s0 * c**2 - 1, 4 * s0 * c, 1 / (-xn) * (2 * s0 * c**2 + 1)
+    if m == 3:
+        s1 = sign(abs(c) - 0.5)
+        s2 = s0 * (1 + s1) - 2
+        return s1 * (4 * c**3 - 3 * c) + s2, s1 * (12 * c**2 - 3), 1 / (-xn) * (8 * s1 * c**3 - s2)
+    s3 = s0 * sign(2 * c**2 - 1)
+    s4 = 2 * s0 + s3 - 3
+    psi = s3 * (8 * c**4 - 8 * c**2 + 1) + s4
+    return psi, s3 * (32 * c**3 - 16 * c), 1 / (-xn) * (s3 * (24 * c**4 - 8 * c**2 - 1) - s4)
+
+
+def _caffe_sphereface(x, y, w, m, lam, reduction):
+    """(value, d_x, d_W, extras): the Caffe layer's forward, SoftmaxWithLoss, and the layer's backward."""
+    n, c_ = x.shape[0], w.shape[0]
+    wn = w / np.sqrt(np.sum(w * w, axis=1, keepdims=True))  # the in-place weight normalisation
+    xn = np.sqrt(np.sum(x * x, axis=1))
+    cos = (x @ wn.T) / xn[:, None]
+    top = x @ wn.T
+    raw = []
+    for i in range(n):
+        psi, cw, cx = _caffe_psi_and_coefficients(cos[i, y[i]], xn[i], m)
+        raw.append((cw, cx))
+        if m > 1:
+            top[i, y[i]] = xn[i] * psi
+    if m > 1:
+        top = (top + lam * (x @ wn.T)) / (1 + lam)
+    e = np.exp(top - top.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    per = -np.log(p[np.arange(n), y])
+    scale = 1.0 / n if reduction == "mean" else 1.0
+    value = per if reduction == "none" else np.sum(per) * scale
+    top_diff = (p - np.eye(c_)[y]) * scale
+    d_w = top_diff.T @ x
+    if m == 1:
+        return value, top_diff @ wn, d_w, (top_diff, raw, wn)
+    d_x = np.zeros_like(x)
+    for i in range(n):
+        for j in range(c_):
+            if j != y[i]:
+                d_x[i] += top_diff[i, j] / (1 + lam) * wn[j]
+            else:
+                cw, cx = raw[i]
+                rho = math.sqrt(cw * cw + cx * cx)
+                d_x[i] += top_diff[i, j] / (1 + lam) * (cw / rho) * wn[j]
+                d_x[i] += top_diff[i, j] / (1 + lam) * (cx / rho) * x[i]
+    d_x += lam / (1 + lam) * top_diff @ wn
+    return value, d_x, d_w, (top_diff, raw, wn)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("lambda_", [0.0, 5.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_sphereface_caffe_gradient_is_the_caffe_backward(m, lambda_, reduction):
+    rng = np.random.default_rng(31 + m)
+    p = _params(refloss.sphereface_loss, m=m, lambda_=lambda_)
+    x, y, w = _draw(rng, 5, 4, 6, refloss.sphereface_loss, p)
+    value, (gx, gw) = refloss.sphereface_caffe_gradient(x, y, w, m=m, lambda_=lambda_, reduction=reduction)
+    ref_value, ref_gx, ref_gw, _ = _caffe_sphereface(x, y, w, m, lambda_, reduction)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-13)
+    np.testing.assert_allclose(value, refloss.sphereface_loss(x, y, w, m=m, lambda_=lambda_, reduction=reduction), rtol=0)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-11, atol=1e-14 * np.max(np.abs(ref_gx)))
+    np.testing.assert_allclose(gw, ref_gw, rtol=1e-11, atol=1e-14 * np.max(np.abs(ref_gw)))
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("lambda_", [0.0, 5.0])
+def test_sphereface_caffe_feature_direction_is_the_exact_one_rescaled_at_the_target(m, lambda_):
+    # Derivation: both rules agree off the target and in the lambda W_hat_y share; at the target Caffe uses
+    # (psi' W_hat_y + coeff_x x) / rho where the exact gradient has psi' W_hat_y + coeff_x x = v. So
+    #   d_x(Caffe) - d_x(exact) = topdiff_iy (1/rho_i - 1) / (1 + lambda) v_i,
+    # parallel to the exact target-logit direction v_i (and 0 exactly where rho_i = 1).
+    rng = np.random.default_rng(41 + m)
+    p = _params(refloss.sphereface_loss, m=m, lambda_=lambda_)
+    x, y, w = _draw(rng, 6, 5, 4, refloss.sphereface_loss, p)
+    _, (gx, gw) = refloss.sphereface_caffe_gradient(x, y, w, m=m, lambda_=lambda_, reduction="sum")
+    _, (ex, _, ew) = _vg(refloss.sphereface_loss, x, y, w, m=m, lambda_=lambda_, reduction="sum")
+    _, _, _, (top_diff, raw, wn) = _caffe_sphereface(x, y, w, m, lambda_, "sum")
+    for i in range(len(y)):
+        cw, cx = raw[i]
+        v = cw * wn[y[i]] + cx * x[i]
+        rho = math.hypot(cw, cx)
+        delta = gx[i] - ex[i]
+        np.testing.assert_allclose(delta, top_diff[i, y[i]] * (1 / rho - 1) / (1 + lambda_) * v, rtol=1e-9, atol=1e-12 * np.max(np.abs(ex)))
+        cross = abs(delta @ v) / (np.linalg.norm(delta) * np.linalg.norm(v))
+        assert cross == pytest.approx(1.0, abs=1e-9)
+    # the weight rule is topdiff^T X whatever the margin: not the exact gradient
+    assert not np.allclose(gw, ew)
+
+
+@pytest.mark.parametrize("lambda_", [0.0, 3.0])
+def test_sphereface_caffe_with_m_one_is_exact_for_features_and_projected_for_weights(lambda_):
+    # m = 1: coeff_x = 0 and coeff_w = 1, so rho = 1 and the feature rule is the exact gradient; the exact
+    # weight gradient is the plain rule topdiff^T X through the normalisation: (I - W_hat W_hat^T) d_W / |W|.
+    rng = np.random.default_rng(5)
+    x, y, w = _draw(rng, 5, 4, 6, refloss.sphereface_loss)
+    _, (gx, gw) = refloss.sphereface_caffe_gradient(x, y, w, m=1, lambda_=lambda_)
+    _, (ex, _, ew) = _vg(refloss.sphereface_loss, x, y, w, m=1, lambda_=lambda_)
+    np.testing.assert_allclose(gx, ex, rtol=1e-13, atol=1e-16)
+    wn = np.linalg.norm(w, axis=1, keepdims=True)
+    wh = w / wn
+    projected = (gw - np.sum(gw * wh, axis=1, keepdims=True) * wh) / wn
+    np.testing.assert_allclose(ew, projected, rtol=1e-12, atol=1e-15)
+
+
+def test_sphereface_caffe_gradient_validates_through_the_loss():
+    x, y, w = np.ones((2, 4)), np.array([0, 1]), np.eye(3, 4)
+    with pytest.raises(ValueError, match=r"^sphereface_loss: labels must be class indices in \[0, 3\), got 3 "):
+        refloss.sphereface_caffe_gradient(x, np.array([0, 3]), w)
+    with pytest.raises(ValueError, match=r"^sphereface_loss: m must be an integer in \[1, 4\], got 5$"):
+        refloss.sphereface_caffe_gradient(x, y, w, m=5)
+    with pytest.raises(ValueError, match=r"^sphereface_loss: features must be rows of nonzero norm"):
+        refloss.sphereface_caffe_gradient(np.zeros((2, 4)), y, w)
+    with pytest.raises(ValueError, match=r"^sphereface_loss: reduction must be one of"):
+        refloss.sphereface_caffe_gradient(x, y, w, reduction="avg")
+    value, (gx, gw) = refloss.sphereface_caffe_gradient(x[:0], y[:0], w, reduction="sum")
+    assert value == 0.0 and gx.shape == (0, 4) and np.all(gw == 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# RBF-Softmax and L-GM: identities, coincident points, kernel underflow, far from the origin.
+
+
+def _half_squared_distances(x, w):
+    diff = w[None, :, :] - x[:, None, :]
+    return 0.5 * np.sum(diff * diff, axis=2), diff
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lgm_reduces_to_cross_entropy_of_half_squared_distances(seed):
+    rng = np.random.default_rng(seed)
+    x, y, mu = _draw_points(rng, 5, 4, 3, math.sqrt(2.0))
+    d, diff = _half_squared_distances(x, mu)
+    n = np.arange(len(y))
+    # alpha = lambda = 0: softmax cross-entropy of the logits -|x - mu_k|^2 / 2, and its chain rule
+    ref, (glog, _) = refloss.cross_entropy.value_and_grad(-d, y, reduction="none")
+    value, (gx, _, gmu) = _vg(refloss.lgm_loss, x, y, mu, alpha=0.0, lambda_=0.0, reduction="none")
+    np.testing.assert_allclose(value, ref, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(gx, np.einsum("ik,ikd->id", glog, diff), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gmu, -np.einsum("ik,ikd->kd", glog, diff), rtol=1e-12, atol=1e-14)
+    # the margin multiplies the target's distance by 1 + alpha
+    margin = -d * (1 + 0.7 * np.eye(mu.shape[0])[y])
+    np.testing.assert_allclose(
+        refloss.lgm_loss(x, y, mu, alpha=0.7, lambda_=0.0, reduction="none"),
+        refloss.cross_entropy(margin, y, reduction="none"), rtol=1e-13, atol=1e-15,
+    )
+    # the likelihood regulariser adds lambda |x - mu_y|^2 / 2 per sample ('mean': averaged over the batch)
+    with_reg = refloss.lgm_loss(x, y, mu, alpha=0.7, lambda_=0.25, reduction="none")
+    np.testing.assert_allclose(with_reg - refloss.cross_entropy(margin, y, reduction="none"), 0.25 * d[n, y], rtol=1e-12)
+    np.testing.assert_allclose(refloss.lgm_loss(x, y, mu, alpha=0.7, lambda_=0.25), np.mean(with_reg), rtol=1e-15)
+
+
+def test_rbf_reduces_to_cross_entropy_of_scaled_kernels():
+    rng = np.random.default_rng(8)
+    x, y, w = _draw_points(rng, 5, 4, 7, 4.0)
+    d, diff = _half_squared_distances(x, w)
+    kernel = np.exp(-2 * d / 16.0)
+    ref, (glog, _) = refloss.cross_entropy.value_and_grad(35.0 * kernel, y, reduction="none")
+    value, (gx, _, gw) = _vg(refloss.rbf_softmax_loss, x, y, w, reduction="none")
+    np.testing.assert_allclose(value, ref, rtol=1e-13)
+    a = glog * kernel * (2 * 35.0 / 16.0)
+    np.testing.assert_allclose(gx, np.einsum("ij,ijd->id", a, diff), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gw, -np.einsum("ij,ijd->jd", a, diff), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("loss", DISTANCE, ids=lambda l: l.name)
+def test_distance_losses_are_invariant_to_a_common_translation(loss):
+    # On a dyadic grid the translation is exact, and so are the differences W_j - x_i: bit for bit.
+    rng = np.random.default_rng(13)
+    x, y, w = _draw_points(rng, 4, 5, 3, _width(loss, loss.defaults()))
+    x, w = np.round(x * 2.0**20) / 2.0**20, np.round(w * 2.0**20) / 2.0**20
+    t = rng.integers(-1000, 1000, size=3).astype(float)
+    a = _vg(loss, x, y, w, reduction="sum")
+    b = _vg(loss, x + t, y, w + t, reduction="sum")
+    assert a[0] == b[0]
+    for u, v in zip(a[1], b[1]):
+        assert (u is None) == (v is None)
+        if u is not None:
+            np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("loss", DISTANCE, ids=lambda l: l.name)
+def test_coincident_feature_and_centre(loss):
+    # x_i = W_j exactly: the kernel is 1 (RBF) or the distance 0 (L-GM); the loss is smooth there.
+    rng = np.random.default_rng(17)
+    p = _params(loss)
+    x, y, w = _draw_points(rng, 3, 4, 5, _width(loss, p))
+    x[0], x[1] = w[y[0]], w[(y[1] + 1) % 4]  # at its own centre, at another class's centre
+    value, (gx, _, gw) = _vg(loss, x, y, w, **{**p, "reduction": "none"})
+    np.testing.assert_allclose(value, _mp_value(loss, x, y, w, p), rtol=1e-13, atol=1e-14)
+    for name, g in (("features", gx), ("weights", gw)):
+        ref = _mp_grad(loss, x, y, w, p, name)
+        np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-13 * np.max(np.abs(ref)), err_msg=name)
+
+
+def test_rbf_kernel_underflow_gives_log_c_and_a_zero_gradient():
+    rng = np.random.default_rng(19)
+    x, y, w = _draw_points(rng, 3, 5, 4, 4.0)
+    far = x.copy()
+    far[0] = 1e3 * 4.0 * np.array([1.0, -1.0, 1.0, 1.0])  # |W - x|^2 / gamma ~ 4e6: exp underflows to 0
+    value, (gx, _, gw) = _vg(refloss.rbf_softmax_loss, far, y, w, reduction="none")
+    assert value[0] == pytest.approx(math.log(5), rel=1e-15)
+    np.testing.assert_allclose(value[1:], _mp_value(refloss.rbf_softmax_loss, far, y, w, _params(refloss.rbf_softmax_loss))[1:], rtol=1e-13)
+    assert np.all(gx[0] == 0.0)
+    # the far row adds exactly nothing to the centres' gradient
+    _, (_, _, gw_rest) = _vg(refloss.rbf_softmax_loss, far[1:], y[1:], w, reduction="none")
+    np.testing.assert_array_equal(gw, gw_rest)
+    # huge inputs (|W - x| beyond the largest float): no overflow, no warning, the same answer
+    huge = np.array([[1e300, -1e300, 1e300, 1e300], [-1.7e308, 1.7e308, 0.0, 1.0]])
+    wh = w.copy()
+    wh[2] = [1.7e308, -1.7e308, 1e308, -1e308]
+    value, (gx, _, gw) = _vg(refloss.rbf_softmax_loss, huge, y[:2], wh, reduction="none")
+    np.testing.assert_allclose(value, math.log(5), rtol=1e-15)
+    assert np.all(gx == 0.0) and np.all(gw == 0.0)
+
+
+@pytest.mark.parametrize("loss", DISTANCE, ids=lambda l: l.name)
+def test_near_a_centre_far_from_the_origin(loss):
+    # Centres 2^20 widths from the origin, a feature 1e-7 widths from one of them: |x|^2 + |W|^2 - 2 x.W
+    # would lose every digit of the squared distance (absolute error ~ eps |x|^2 ~ 1e-4 widths^2 >> 1e-14).
+    rng = np.random.default_rng(23)
+    p = _params(loss)
+    width = _width(loss, p)
+    x, y, w = _draw_points(rng, 3, 4, 3, width)
+    offset = 2.0**20 * width * np.array([1.0, 0.5, -0.25])
+    w = w + offset
+    x = x + offset
+    x[0] = w[y[0]] + 1e-7 * width * np.array([0.6, -0.8, 0.0])
+    expanded = np.sum(x[0] ** 2) + np.sum(w[y[0]] ** 2) - 2 * x[0] @ w[y[0]]
+    exact = float(mp.fsum((mp.mpf(float(a)) - mp.mpf(float(b))) ** 2 for a, b in zip(x[0], w[y[0]])))
+    assert abs(expanded - exact) >= 0.5 * exact  # the expanded form loses every digit (here it gives 0): the test would catch it
+    value, (gx, _, gw) = _vg(loss, x, y, w, **{**p, "reduction": "none"})
+    np.testing.assert_allclose(value, _mp_value(loss, x, y, w, p), rtol=1e-12, atol=1e-14)
+    ref = _mp_grad(loss, x, y, w, p, "features")
+    np.testing.assert_allclose(gx, ref, rtol=1e-9, atol=1e-12 * np.max(np.abs(ref)))
+
+
+def test_lgm_large_norms_are_finite_and_exact():
+    x = np.array([[1e100, -3e99, 2e99], [0.5, 0.25, -1.0]])
+    mu = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 2.0], [-1e99, 1e99, 0.0]])
+    y = np.array([2, 1])
+    p = _params(refloss.lgm_loss)
+    value, (gx, _, gw) = _vg(refloss.lgm_loss, x, y, mu, **{**p, "reduction": "none"})
+    np.testing.assert_allclose(value, _mp_value(refloss.lgm_loss, x, y, mu, p), rtol=1e-13)
+    assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
+
+
+@pytest.mark.parametrize("loss", DISTANCE, ids=lambda l: l.name)
+def test_distance_losses_need_a_feature_column(loss):
+    with pytest.raises(ValueError, match=rf"^{loss.name}: features must be of at least one feature column \(D >= 1\), got shape \(2, 0\)$"):
+        loss(np.zeros((2, 0)), np.array([0, 1]), np.zeros((3, 0)), reduction="sum")
+
+
+@pytest.mark.parametrize("loss", DISTANCE, ids=lambda l: l.name)
+@pytest.mark.parametrize("tag", ["typical", "extreme", "edge"])
+def test_distance_domains(loss, tag):
+    # Typical inputs give O(1-10) logits and a non-degenerate softmax; extreme and edge inputs are finite.
+    from refloss.cases import sample
+
+    for seed in range(20):
+        case = sample(loss, loss.defaults(), tag, np.random.default_rng(seed))
+        x, y, w = case.inputs
+        value, (gx, _, gw) = _vg(loss, x, y, w, reduction="none")
+        assert np.all(np.isfinite(value)) and np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
+        if tag == "typical":
+            d, _ = _half_squared_distances(x, w)
+            if loss is refloss.rbf_softmax_loss:
+                z = 35.0 * np.exp(-2 * d / 16.0)
+            else:
+                z = -d * (1 + np.eye(w.shape[0])[y])
+            assert np.all(np.abs(z) <= 40.0)
+            assert np.all(np.ptp(z, axis=1) <= 15.0)  # no probability below e^-15 relative to the top one

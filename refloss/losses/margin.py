@@ -30,18 +30,25 @@ Numerics: ``sin^2 theta`` at the target is taken from ``|x_hat -+ W_hat_y|^2`` (
 ``|c| -> 1``); the target entry of ``p - onehot`` is ``-sum_{j != y} p_j`` (no ``p_y - 1``
 cancellation when the target dominates); the cotangent's common scale is applied after the tangent
 projections, so ``mean`` is ``sum / N`` to one rounding even next to ``|c| = 1``.
+
+Two distance-based losses share the calling convention with raw ``weights`` as class centres:
+RBF-Softmax (``z_ij = s exp(-|W_j - x_i|^2 / gamma)``) and L-GM (``z_ik = -|x_i - mu_k|^2 (1 + alpha [k = y_i]) / 2``
+plus a likelihood regulariser); their squared distances come from the differences ``W_j - x_i``
+(:func:`_centre_differences`), never from ``|x|^2 + |W|^2 - 2 x.W``. :func:`sphereface_caffe_gradient`
+gives SphereFace's Caffe update direction, which is not a gradient and so not a VJP.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import array_api_compat
 import numpy as np  # domains and error messages only
 
 from .. import domains as D
-from ..loss import Input, Param, _fail, loss
-from ..xp import log_softmax, one_hot, softmax, take_along_axis, to_numpy
+from ..loss import Input, Param, _fail, loss, reduce_vjp
+from ..xp import log_softmax, namespace, one_hot, take_along_axis, to_numpy
 from .classification import _soft_target_cross_entropy, _soft_target_cross_entropy_grad
 
 __all__ = [
@@ -55,6 +62,9 @@ __all__ = [
     "lsoftmax_loss",
     "sphereface_loss",
     "margin_lambda_schedule",
+    "sphereface_caffe_gradient",
+    "rbf_softmax_loss",
+    "lgm_loss",
 ]
 
 
@@ -204,6 +214,52 @@ def _sin_theta(xp, s2):
     return xp.sqrt(xp.where(pos, s2, xp.zeros_like(s2))), pos
 
 
+def _is_scalar(m):
+    return isinstance(m, numbers.Real)
+
+
+def _angle_add_rows(xp, c, s2, cos_m, sin_m):
+    """``cos(theta + m) = c cos m - sin(theta) sin m`` and its c-derivative ``cos m + sin m c / sin(theta)``,
+    for ``cos m, sin m`` Python numbers or per-sample arrays (the same operations as margin.py's
+    ``_angle_add``, so a scalar margin gives its bits). At ``sin(theta) = 0`` the slope is the L'Hopital
+    value ``cos m``, which meets ``dc/dx = 0`` there (the zero subgradient of the kink; margin.py)."""
+    sin, pos = _sin_theta(xp, s2)
+    value = c * cos_m - sin * sin_m
+    ratio = c / xp.where(pos, sin, xp.ones_like(sin))
+    cos_m_full = cos_m * xp.ones_like(c)
+    slope = xp.where(pos, cos_m + sin_m * ratio, cos_m_full)
+    return value, slope, sin
+
+
+def _arc_psi(xp, c, s2, m, easy_margin, fallback, margin_slope=False):
+    """ArcFace's target ``psi(c) = cos(theta + m)`` with insightface's conventions, and ``dpsi/dc``
+    (and ``dpsi/dm`` with ``margin_slope``); ``m`` a Python number or a per-sample array (MagFace).
+
+    ``easy_margin``: ``psi = c`` where ``c <= 0``; else ``fallback='insightface'``: ``psi = c - mm`` where
+    ``c <= th``, with ``th = cos(pi - m)`` and ``mm = sin(pi - m) m`` (strict test, as insightface);
+    ``fallback='none'``: ``cos(theta + m)`` everywhere. ``dpsi/dm`` is ``-sin(theta + m)`` on the margin
+    branch, ``-(sin(pi - m) - m cos(pi - m))`` on the fallback and 0 on the easy branch.
+    """
+    cos, sin = (math.cos, math.sin) if _is_scalar(m) else (xp.cos, xp.sin)
+    cos_m, sin_m = cos(m), sin(m)
+    value, slope, sin_t = _angle_add_rows(xp, c, s2, cos_m, sin_m)
+    dm = -(sin_t * cos_m + c * sin_m) if margin_slope else None  # -sin(theta + m)
+    if easy_margin or fallback == "insightface":
+        ones, zeros = xp.ones_like(c), xp.zeros_like(c)
+        if easy_margin:
+            keep = c > 0
+            alt, alt_dm = c, zeros
+        else:
+            keep = c > cos(math.pi - m)
+            mm = sin(math.pi - m) * m
+            alt = c - mm
+            alt_dm = -(sin(math.pi - m) - m * cos(math.pi - m)) * ones
+        value, slope = xp.where(keep, value, alt), xp.where(keep, slope, ones)
+        if margin_slope:
+            dm = xp.where(keep, dm, alt_dm)
+    return (value, slope, dm) if margin_slope else (value, slope)
+
+
 def _angle_add(xp, c, s2, m):
     """``cos(theta + m) = c cos m - sin(theta) sin m`` and its c-derivative ``cos m + sin m c / sin(theta)``.
 
@@ -212,28 +268,13 @@ def _angle_add(xp, c, s2, m):
     multiplies it by ``dc/dx = (W_hat - c x_hat)/|x|``, which vanishes there: the result is the zero
     subgradient of the cone-shaped kink of ``cos(theta + m)`` at theta = 0 (finite, no NaN).
     """
-    sin, pos = _sin_theta(xp, s2)
-    value = c * math.cos(m) - sin * math.sin(m)
-    ratio = c / xp.where(pos, sin, xp.ones_like(sin))
-    slope = xp.where(pos, math.cos(m) + math.sin(m) * ratio, xp.full_like(c, math.cos(m)))
-    return value, slope
+    return _angle_add_rows(xp, c, s2, math.cos(m), math.sin(m))[:2]
 
 
 def _arcface_psi(margin, easy_margin, fallback, straight_through):
-    th = math.cos(math.pi - margin)  # insightface: threshold = cos(pi - m)
-    mm = math.sin(math.pi - margin) * margin  # insightface: mm = sin(pi - m) * m
-
     def psi(xp, c, s2):
-        value, slope = _angle_add(xp, c, s2, margin)
-        if easy_margin:
-            keep = c > 0
-            value, slope = xp.where(keep, value, c), xp.where(keep, slope, xp.ones_like(c))
-        elif fallback == "insightface":
-            keep = c > th
-            value, slope = xp.where(keep, value, c - mm), xp.where(keep, slope, xp.ones_like(c))
-        if straight_through:
-            slope = xp.ones_like(c)
-        return value, slope
+        value, slope = _arc_psi(xp, c, s2, margin, easy_margin, fallback)
+        return value, (xp.ones_like(c) if straight_through else slope)
 
     return psi
 
@@ -608,9 +649,11 @@ def _multiplicative_psi(xp, c, m):
     return sign * t(c) - 2 * k, sign * dt(c)
 
 
-def _angular_parts(xp, features, labels, weights, m, lambda_, weight_norm):
-    xh, xn, _ = _normalise_rows(xp, features, None)
-    wh, wn, _ = _normalise_rows(xp, weights, None)
+def _angular_parts(xp, features, labels, weights, m, lambda_, weight_norm, eps=None):
+    """``(rows, cos, hot, f, df, z, (c, psi, dpsi))`` of ``z_ij = r_ij f_ij(c_ij)``: ``rows = (xh, xn, xc, wh, wn, wc)``
+    from :func:`_normalise_rows` (with ``eps`` the norms that scale the logits are the clamped ones)."""
+    xh, xn, xc = _normalise_rows(xp, features, eps)
+    wh, wn, wc = _normalise_rows(xp, weights, eps)
     cos = xp.matmul(xh, wh.T)
     hot = one_hot(labels, weights.shape[0], axis=1, xp=xp)
     c = take_along_axis(cos, labels, axis=1, xp=xp)
@@ -620,41 +663,78 @@ def _angular_parts(xp, features, labels, weights, m, lambda_, weight_norm):
     f = xp.where(hot, xp.expand_dims(f_t, axis=1), cos)
     df = xp.where(hot, xp.expand_dims(df_t, axis=1), xp.ones_like(cos))
     r = xn * wn.T if weight_norm else xn  # L-Softmax |x||W_j|; SphereFace |x|
-    return (xh, xn, wh, wn), cos, hot, f, df, r * f
+    return (xh, xn, xc, wh, wn, wc), cos, hot, f, df, r * f, (c, psi, dpsi)
 
 
-def _angular_forward(xp, features, labels, weights, m, lambda_, weight_norm):
+def _angular_forward(xp, features, labels, weights, m, lambda_, weight_norm, eps=None):
     if features.shape[0] == 0:
         return xp.zeros((0,), dtype=features.dtype, device=array_api_compat.device(features))
-    _, _, hot, _, _, z = _angular_parts(xp, features, labels, weights, m, lambda_, weight_norm)
+    _, _, hot, _, _, z, _ = _angular_parts(xp, features, labels, weights, m, lambda_, weight_norm, eps)
     return _soft_target_cross_entropy(xp, xp.astype(hot, z.dtype), log_softmax(z, axis=1, xp=xp))
 
 
-def _angular_vjp(xp, cot, features, labels, weights, m, lambda_, weight_norm):
+def _unclamped(xp, a, clamped):
+    """``a`` (one entry a row) zeroed at eps-clamped rows: their norm is the constant eps, with no derivative."""
+    return a if clamped is None else xp.where(clamped, xp.zeros_like(a), a)
+
+
+def _angular_vjp(xp, cot, features, labels, weights, m, lambda_, weight_norm, eps=None, rule="exact"):
     """``z_ij = r_ij f_ij(c_ij)``: ``dz/dx_i = (r/|x|)[(f - c f') x_hat + f' W_hat_j]`` and, for raw W (L-Softmax),
     ``dz/dW_j = (r/|W|)[(f - c f') W_hat_j + f' x_hat]``; for normalised W (SphereFace) the normalisation
-    backward of ``|x| f' x_hat``."""
+    backward of ``|x| f' x_hat``. Where ``eps`` clamps a norm it is a constant and ``v_hat = v / eps`` is
+    linear: the ``(f - c f')`` term (the norm's derivative) is dropped for that row.
+
+    ``rule='caffe'`` (SphereFace only, :func:`sphereface_caffe_gradient`): wy1iu/sphereface's update
+    direction instead, the target's ``(psi', (psi - c psi') / |x|)`` scaled to unit length in the feature
+    rule and ``topdiff^T X`` for the weights."""
     if features.shape[0] == 0:
         return xp.zeros_like(features), None, xp.zeros_like(weights)
-    (xh, xn, wh, wn), cos, hot, f, df, z = _angular_parts(xp, features, labels, weights, m, lambda_, weight_norm)
+    (xh, xn, xc, wh, wn, wc), cos, hot, f, df, z, target = _angular_parts(
+        xp, features, labels, weights, m, lambda_, weight_norm, eps
+    )
     k = xp.max(xp.abs(cot))  # common cotangent scale applied last (see _margin_vjp)
     k = xp.where((k > 0) & xp.isfinite(k), k, xp.ones_like(k))
     gz = _soft_target_cross_entropy_grad(xp, cot / k, xp.astype(hot, z.dtype), z)
     a = gz * (f - cos * df)
     b = gz * df
+    if rule == "caffe":
+        a, b = _caffe_target_coefficients(xp, gz, hot, a, b, target, xn, lambda_)
     if weight_norm:
         ax, bx = a * wn.T, b * wn.T
-        gx = xp.sum(ax, axis=1, keepdims=True) * xh + xp.matmul(bx, wh)
+        gx = _unclamped(xp, xp.sum(ax, axis=1, keepdims=True), xc) * xh + xp.matmul(bx, wh)
         aw, bw = a * xn, b * xn
-        gw = xp.expand_dims(xp.sum(aw, axis=0), axis=1) * wh + xp.matmul(bw.T, xh)
+        gw = _unclamped(xp, xp.expand_dims(xp.sum(aw, axis=0), axis=1), wc) * wh + xp.matmul(bw.T, xh)
     else:
-        gx = xp.sum(a, axis=1, keepdims=True) * xh + xp.matmul(b, wh)
-        gw = _normalise_rows_vjp(xp, xp.matmul((b * xn).T, xh), wh, wn, None)
+        gx = _unclamped(xp, xp.sum(a, axis=1, keepdims=True), xc) * xh + xp.matmul(b, wh)
+        if rule == "caffe":
+            gw = xp.matmul(gz.T, features)  # topdiff^T X: the plain inner-product rule
+        else:
+            gw = _normalise_rows_vjp(xp, xp.matmul((b * xn).T, xh), wh, wn, wc)
     return k * gx, None, k * gw
 
 
+def _caffe_target_coefficients(xp, gz, hot, a, b, target, xn, lambda_):
+    """MarginInnerProductLayer's feature rule at the target (margin_losses.md 2.1 point 3): the exact
+    ``dz_y/dx = [lambda W_hat_y + psi' W_hat_y + ((psi - c psi') / |x|) x] / (1 + lambda)`` with the pair
+    ``(psi', (psi - c psi') / |x|)`` divided by its Euclidean length ``rho``; off-target entries as exact."""
+    c, psi, dpsi = target
+    cx = (psi - c * dpsi) / xp.reshape(xn, (-1,))  # Caffe's coeff_x, which multiplies the raw x
+    big = xp.maximum(xp.abs(dpsi), xp.abs(cx))
+    live = big > 0
+    one = xp.where(live, big, xp.ones_like(big))
+    rho = one * xp.sqrt((dpsi / one) ** 2 + (cx / one) ** 2)  # no overflow for tiny |x|
+    rho = xp.where(live, rho, xp.ones_like(rho))
+    g_t = xp.sum(xp.where(hot, gz, xp.zeros_like(gz)), axis=1)
+    a_t = g_t * (psi - c * dpsi) / rho / (1 + lambda_)  # times x_hat: (psi - c psi') x_hat = coeff_x |x| x_hat
+    b_t = g_t * (lambda_ + dpsi / rho) / (1 + lambda_)
+    return (
+        xp.where(hot, xp.expand_dims(a_t, axis=1), a),
+        xp.where(hot, xp.expand_dims(b_t, axis=1), b),
+    )
+
+
 def _angular_check(xp, name, features, labels, weights, **params):
-    _check(xp, name, features, labels, weights, eps=None, hint="")
+    _check(xp, name, features, labels, weights, eps=params["eps"])
 
 
 _ANGULAR_FEATURES = Input("features", shape="N D", domain=D.angular_features, doc="feature vectors (raw)")
@@ -667,7 +747,7 @@ _LAMBDA = Param(
 @loss(
     family="margin",
     inputs=[_ANGULAR_FEATURES, _LABELS, Input("weights", shape="C D", domain=D.small_weights, doc="class weights W (raw)")],
-    params=[Param("m", 4, kind="int", low=1, high=4, grid=(1, 2, 3), doc="integer multiplicative margin (type SINGLE..QUADRUPLE)"), _LAMBDA],
+    params=[Param("m", 4, kind="int", low=1, high=4, grid=(1, 2, 3), doc="integer multiplicative margin (type SINGLE..QUADRUPLE)"), _LAMBDA, _EPS],
     check=_angular_check,
     counterparts={
         "caffe": "LargeMarginInnerProductLayer (wy1iu/LargeMargin_Softmax_Loss, then SoftmaxWithLoss; lambda_ from its schedule; CPU adds 1e-9 to |x||W|)",
@@ -678,7 +758,7 @@ _LAMBDA = Param(
         "margin_losses.md sections 1, 7, 14 (check 4, 5)",
     ],
 )
-def lsoftmax_loss(xp, features, labels, weights, *, m, lambda_):
+def lsoftmax_loss(xp, features, labels, weights, *, m, lambda_, eps):
     """L-Softmax: ``z_ij = W_j . x_i`` (j != y_i), ``z_iy = |W_y||x_i| (lambda cos + psi(cos)) / (1 + lambda)``; softmax CE.
 
     ``psi(c) = (-1)^k cos(m theta) - 2k``, ``k = floor(m theta / pi)``, with ``cos(m theta) = T_m(c)`` the
@@ -690,22 +770,27 @@ def lsoftmax_loss(xp, features, labels, weights, *, m, lambda_):
     ``f' = (lambda + (-1)^k T_m'(c)) / (1 + lambda)`` (k held constant: psi is C^1 at the k-boundaries):
     ``dL/dx_i = sum_j g_ij |W_j| [(f - c f') x_hat_i + f' W_hat_j]``, ``dL/dW_j = sum_i g_ij |x_i| [(f - c f') W_hat_j + f' x_hat_i]``
     (off-target f' = 1 and f - c f' = 0: the plain linear-layer gradient); the same as Caffe's backward
-    (margin_losses.md 1.2). Zero rows raise ``ValueError`` (Caffe divides by zero).
+    (margin_losses.md 1.2).
+
+    ``eps``: ``None`` (default): a zero row raises ``ValueError`` (Caffe divides by zero); given, the norms
+    are ``max(|v|, eps)`` as ``F.normalize``: ``x_hat = x / max(|x|, eps)``, ``c = x_hat . W_hat`` and the
+    logit scale ``|x||W|`` are the clamped ones, and where a norm is clamped it is the constant eps
+    (``v_hat = v / eps`` is linear), so that row's ``(f - c f')`` term is dropped from the gradient.
 
     Shapes: ``features (N, D)``, ``labels (N,)``, ``weights (C, D)``.
     """
-    return _angular_forward(xp, features, labels, weights, m, lambda_, True)
+    return _angular_forward(xp, features, labels, weights, m, lambda_, True, eps)
 
 
 @lsoftmax_loss.defvjp
-def _lsoftmax_vjp(xp, cot, features, labels, weights, *, m, lambda_):
-    return _angular_vjp(xp, cot, features, labels, weights, m, lambda_, True)
+def _lsoftmax_vjp(xp, cot, features, labels, weights, *, m, lambda_, eps):
+    return _angular_vjp(xp, cot, features, labels, weights, m, lambda_, True, eps)
 
 
 @loss(
     family="margin",
     inputs=[_ANGULAR_FEATURES, _LABELS, _WEIGHTS],
-    params=[Param("m", 4, kind="int", low=1, high=4, grid=(2, 3), doc="integer multiplicative margin"), _LAMBDA],
+    params=[Param("m", 4, kind="int", low=1, high=4, grid=(2, 3), doc="integer multiplicative margin"), _LAMBDA, _EPS],
     check=_angular_check,
     counterparts={
         "caffe": "MarginInnerProductLayer (wy1iu/sphereface: forward only; its backward normalises the feature gradient and ignores the W normalisation)",
@@ -718,23 +803,269 @@ def _lsoftmax_vjp(xp, cot, features, labels, weights, *, m, lambda_):
         "margin_losses.md sections 2, 7",
     ],
 )
-def sphereface_loss(xp, features, labels, weights, *, m, lambda_):
+def sphereface_loss(xp, features, labels, weights, *, m, lambda_, eps):
     """SphereFace / A-Softmax: ``z_ij = |x_i| cos_ij`` (j != y_i), ``z_iy = |x_i| (lambda cos + psi(cos)) / (1 + lambda)``.
 
     ``W`` is normalised (no bias), ``psi`` as :func:`lsoftmax_loss` (``(-1)^k T_m(c) - 2k``). Defaults
     ``m = 4`` and ``lambda_ = 0`` (PML; official training anneals ``lambda_ = max(5, 1000 / (1 + 0.12 it))``,
     :func:`margin_lambda_schedule`).
 
-    Gradient: the exact one (as clcarwin / ronghuaiyang autograd), not Caffe's normalised feature
-    gradient and plain-W rule (margin_losses.md 2.1, not provided). With ``g = p - onehot(y)`` and
+    Gradient: the exact one (as clcarwin / ronghuaiyang autograd). With ``g = p - onehot(y)`` and
     ``f, f'`` as in :func:`lsoftmax_loss`: ``dL/dx_i = sum_j g_ij [(f - c f') x_hat_i + f' W_hat_j]``,
-    ``dL/dW_j = (I - W_hat_j W_hat_j^T)(sum_i g_ij |x_i| f'_ij x_hat_i) / |W_j|``.
+    ``dL/dW_j = (I - W_hat_j W_hat_j^T)(sum_i g_ij |x_i| f'_ij x_hat_i) / |W_j|``. Caffe's backward (a
+    normalised feature coefficient and the plain ``topdiff^T X`` for W, margin_losses.md 2.1) is not the
+    gradient of any objective, so it is not this loss's VJP: :func:`sphereface_caffe_gradient` gives it.
 
-    Shapes: ``features (N, D)``, ``labels (N,)``, ``weights (C, D)``. Zero rows raise ``ValueError``.
+    ``eps`` as :func:`lsoftmax_loss` (``None``: zero rows raise ``ValueError``; given: ``F.normalize``
+    norms ``max(|v|, eps)``, which also scale the logits; a clamped row's norm derivative is dropped).
+
+    Shapes: ``features (N, D)``, ``labels (N,)``, ``weights (C, D)``.
     """
-    return _angular_forward(xp, features, labels, weights, m, lambda_, False)
+    return _angular_forward(xp, features, labels, weights, m, lambda_, False, eps)
 
 
 @sphereface_loss.defvjp
-def _sphereface_vjp(xp, cot, features, labels, weights, *, m, lambda_):
-    return _angular_vjp(xp, cot, features, labels, weights, m, lambda_, False)
+def _sphereface_vjp(xp, cot, features, labels, weights, *, m, lambda_, eps):
+    return _angular_vjp(xp, cot, features, labels, weights, m, lambda_, False, eps)
+
+
+def sphereface_caffe_gradient(features, labels, weights, *, m=4, lambda_=0.0, reduction="mean"):
+    """wy1iu/sphereface's Caffe update direction: ``(value, (d_features, d_weights))``. Not a gradient.
+
+    ``value`` is :func:`sphereface_loss`'s (same inputs, ``m``, ``lambda_``, ``reduction``; validated by
+    calling it). The directions are what ``MarginInnerProductLayer::Backward`` computes from the softmax
+    layer's ``topdiff = dL/dz`` (margin_losses.md 2.1 points 3 and 4, README "Note 1", issue #24):
+
+    - ``d_features``: off-target as the exact gradient (``topdiff_ij W_hat_j``); at the target
+      ``topdiff_iy [lambda W_hat_y + (psi' W_hat_y + ((psi - c psi') / |x|) x) / rho] / (1 + lambda)`` with
+      ``rho = sqrt(psi'^2 + ((psi - c psi') / |x|)^2)``: the exact coefficient pair scaled to unit length
+      (the exact gradient is this with ``rho`` replaced by 1; ``m = 1`` has ``rho = 1``: the exact feature gradient);
+    - ``d_weights = topdiff^T X``: the plain inner-product rule, which ignores the margin and the weight
+      normalisation (Caffe stores ``W_hat`` in place and steps it; the maintainers call this close to
+      projected gradient descent).
+
+    The pair is not the derivative of the loss, nor in general of any one objective (the rescaling
+    differs per sample, the weight rule drops the margin), so this is a helper, not the VJP of
+    :func:`sphereface_loss` (whose gradient is the exact one). ``reduction`` enters through ``topdiff`` as in ``value_and_grad`` ('mean': Caffe's
+    ``SoftmaxWithLoss`` batch normalisation). Shapes as :func:`sphereface_loss`; no ``eps`` (Caffe has none:
+    zero rows raise).
+    """
+    value = sphereface_loss(features, labels, weights, m=m, lambda_=lambda_, reduction=reduction)  # validates
+    xp = namespace(features, labels, weights)
+    n = features.shape[0]
+    per_sample = xp.zeros((n,), dtype=features.dtype, device=array_api_compat.device(features))
+    cot = reduce_vjp(xp, xp.ones_like(value), per_sample, reduction)  # dL / d(per-sample loss)
+    gx, _, gw = _angular_vjp(xp, cot, features, labels, weights, m, lambda_, False, None, rule="caffe")
+    return value, (gx, gw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Distance-based logits: RBF-Softmax and the large-margin Gaussian mixture (L-GM) loss. Raw features
+# and class centres (no normalisation); logits are functions of the squared distances |W_j - x_i|^2.
+
+
+def _centre_differences(xp, features, weights):
+    """``(diff, h, m, ss)`` with ``|W_j - x_i|^2 = (m_ij / h)^2 ss_ij``, written once for both losses.
+
+    ``diff_ijk = h (W_jk - x_ik)`` (N, C, D): the differences themselves, not the expanded
+    ``|x|^2 + |W|^2 - 2 x.W``, which cancels catastrophically for near points (absolute error
+    ``~eps (|x|^2 + |W|^2)``, so a feature at distance 1e-3 of a centre at norm 1e3 would get a relative
+    error ~1 in its squared distance; trained features sit next to their centres, far from the
+    origin). This is the official RBF-Softmax form too; it costs an (N, C, D) intermediate.
+    ``h = 1``, or ``1/2`` when an entry exceeds a quarter of the dtype's maximum (then ``W - x`` could
+    overflow; halving is exact but for the last bit of subnormals). ``m_ij = max_k |diff_ijk|`` and
+    ``ss_ij = sum_k (diff_ijk / m_ij)^2`` in ``[1, D]`` (0 where ``m = 0``): the squared norm is taken
+    without overflow or underflow, as in :func:`_normalise_rows`.
+    """
+    top = xp.maximum(xp.max(xp.abs(features)), xp.max(xp.abs(weights)))
+    h = xp.where(top > xp.finfo(features.dtype).max / 4, xp.full_like(top, 0.5), xp.ones_like(top))
+    diff = xp.expand_dims(weights * h, axis=0) - xp.expand_dims(features * h, axis=1)
+    m = xp.max(xp.abs(diff), axis=2)
+    live = m > 0
+    u = diff / xp.expand_dims(xp.where(live, m, xp.ones_like(m)), axis=2)
+    return diff, h, m, xp.sum(u * u, axis=2)
+
+
+def _empty(xp, features):
+    return xp.zeros((0,), dtype=features.dtype, device=array_api_compat.device(features))
+
+
+def _cotangent_scale(xp, cot):
+    """``k = max |cot|`` (1 where that is 0 or not finite): the common scale applied last (see :func:`_margin_vjp`)."""
+    k = xp.max(xp.abs(cot))
+    return xp.where((k > 0) & xp.isfinite(k), k, xp.ones_like(k))
+
+
+def _centre_grads(xp, coef, diff, h, k):
+    """``dL/dx_i = sum_j coef_ij (W_j - x_i)`` and ``dL/dW_j = -sum_i coef_ij (W_j - x_i)``, times ``k``."""
+    s = xp.expand_dims(coef, axis=2) * diff
+    return k * (xp.sum(s, axis=1) / h), None, k * (-xp.sum(s, axis=0) / h)
+
+
+def _distance_check(xp, name, features, labels, weights, **params):
+    _check(xp, name, features, labels, weights, normalised=(), eps=None)
+
+
+# Beyond this many sqrt(gamma), exp(-|W - x|^2 / gamma) <= exp(-64^2) underflows to 0 in every float format.
+_RBF_FAR = 64.0
+
+
+def _rbf_kernel(xp, features, weights, gamma):
+    """``(K, diff, h)``: ``K_ij = exp(-|W_j - x_i|^2 / gamma)``, exactly 0 where ``max_k |W_jk - x_ik| >
+    64 sqrt(gamma)`` (there it underflows anyway; deciding it first keeps the square from overflowing)."""
+    diff, h, m, ss = _centre_differences(xp, features, weights)
+    root = math.sqrt(gamma)
+    far = m > (_RBF_FAR * root) * h
+    r = (xp.where(far, xp.zeros_like(m), m) / h) / root
+    return xp.where(far, xp.zeros_like(m), xp.exp(-(r * r) * ss)), diff, h
+
+
+# The domain generators live in the Domains section at the end of this module (looked up at call time).
+@loss(
+    family="margin",
+    inputs=[
+        Input("features", shape="N D", domain=D.rbf_features, doc="feature vectors (raw)"),
+        _LABELS,
+        Input("weights", shape="C D", domain=D.rbf_centres, doc="class centres W (prototypes), one row per class (raw)"),
+    ],
+    params=[
+        Param("scale", 35.0, low=0.0, low_open=True, grid=(4.0,), doc="s: logits are s * K (ImageNet config 35)"),
+        Param("gamma", 16.0, low=0.0, low_open=True, grid=(2.0,), doc="gamma: K = exp(-|W - x|^2 / gamma) (ImageNet config 16)"),
+    ],
+    check=_distance_check,
+    counterparts={
+        "rbf_softmax": "pycls.losses.rbflogit.RBFLogits(feature_dim, class_num, scale=35, gamma=16) (2han9x1a0release/RBF-Softmax, "
+        "configs/ResNet-50-RBF_8gpu.yaml RBF_SCALE 35, RBF_GAMMA 16; then CrossEntropyLoss; its bias parameter is unused)",
+        "ports": "RBFLogits(feature_dim, class_num, scale, gamma) (third-party PyTorch ports: s = 4, gamma = 1.8 for 10 classes, "
+        "s = 14, gamma = 2.2 otherwise, s = 4, gamma = 2 on CIFAR-100; some take |x|^2 + |W|^2 - 2 x.W, which cancels for near points)",
+    },
+    references=[
+        "Zhang, Zhao, Qiao, Li, RBF-Softmax: Learning Deep Representative Prototypes with Radial Basis Function Softmax, ECCV 2020",
+        "margin_losses.md section 10.4",
+    ],
+)
+def rbf_softmax_loss(xp, features, labels, weights, *, scale, gamma):
+    """RBF-Softmax: ``z_ij = s exp(-|W_j - x_i|^2 / gamma)``, softmax cross-entropy over the classes j.
+
+    ``l_i = -log softmax(z_i)_{y_i}`` with ``K_ij = exp(-d_ij / gamma)`` the Gaussian kernel of the squared
+    distance to the class centre ``W_j`` (raw features and centres, nothing normalised, no bias). Defaults
+    ``s = 35, gamma = 16``: the official ImageNet config (ResNet-50); third-party ports use ``s = 4,
+    gamma = 1.8`` (10 classes), ``s = 14, gamma = 2.2`` or ``s = 4, gamma = 2`` (CIFAR-100).
+
+    Gradient: ``dz_ij/dx_i = (2 s K_ij / gamma)(W_j - x_i) = -dz_ij/dW_j`` (chain rule through ``exp`` and
+    ``d_ij = |W_j - x_i|^2``), so with ``g = p - onehot(y)``: ``dL/dx_i = (2 s / gamma) sum_j g_ij K_ij (W_j - x_i)``
+    and ``dL/dW_j = -(2 s / gamma) sum_i g_ij K_ij (W_j - x_i)``, summed over the differences themselves.
+
+    Numerics: ``d_ij`` from the differences (see :func:`_centre_differences`: no cancellation for a
+    feature next to a centre far from the origin, no overflow for any finite input). Where ``K``
+    underflows for every class (a feature far from all centres) the logits are all 0: the loss is
+    ``log C`` (a uniform softmax) and the gradient exactly 0, as in the reference code.
+
+    Shapes: ``features (N, D)``, ``labels (N,)`` in ``[0, C)``, ``weights (C, D)``; D may differ from C.
+    """
+    if features.shape[0] == 0:
+        return _empty(xp, features)
+    K, _, _ = _rbf_kernel(xp, features, weights, gamma)
+    z = scale * K
+    hot = one_hot(labels, weights.shape[0], axis=1, xp=xp)
+    return _soft_target_cross_entropy(xp, xp.astype(hot, z.dtype), log_softmax(z, axis=1, xp=xp))
+
+
+@rbf_softmax_loss.defvjp
+def _rbf_softmax_vjp(xp, cot, features, labels, weights, *, scale, gamma):
+    if features.shape[0] == 0:
+        return xp.zeros_like(features), None, xp.zeros_like(weights)
+    K, diff, h = _rbf_kernel(xp, features, weights, gamma)
+    z = scale * K
+    hot = one_hot(labels, weights.shape[0], axis=1, xp=xp)
+    k = _cotangent_scale(xp, cot)
+    gz = _soft_target_cross_entropy_grad(xp, cot / k, xp.astype(hot, z.dtype), z)  # cot (p - onehot) / k
+    return _centre_grads(xp, gz * K * (2 * scale / gamma), diff, h, k)
+
+
+def _lgm_distances(xp, features, weights):
+    """``(d, diff, h)``: ``d_ik = |x_i - mu_k|^2 / 2`` (as ``((m / h) sqrt(ss / 2))^2``: overflows only where ``d`` does)."""
+    diff, h, m, ss = _centre_differences(xp, features, weights)
+    t = (m / h) * xp.sqrt(ss / 2)
+    return t * t, diff, h
+
+
+def _lgm_logits(xp, d, labels, alpha):
+    hot = one_hot(labels, d.shape[1], axis=1, xp=xp)
+    return xp.where(hot, -(1 + alpha) * d, -d), hot
+
+
+@loss(
+    family="margin",
+    inputs=[
+        Input("features", shape="N D", domain=D.lgm_features, doc="feature vectors (raw)"),
+        _LABELS,
+        Input("weights", shape="C D", domain=D.lgm_means, doc="class means mu, one row per class (raw)"),
+    ],
+    params=[
+        Param("alpha", 1.0, low=0.0, grid=(0.0, 0.1), doc="alpha: the target's distance is multiplied by 1 + alpha (margin)"),
+        Param("lambda_", 0.1, low=0.0, grid=(0.0,), doc="lambda: weight of the likelihood regulariser |x - mu_y|^2 / 2"),
+    ],
+    check=_distance_check,
+    counterparts={
+        "softmax_variants": "LGMLoss_v0(num_classes, feat_dim, alpha=1.0) (YirongMao/softmax_variants: CrossEntropyLoss(margin_logits) "
+        "+ 0.1 * likelihood, train_mnist_LGM.py; LGMLoss with log_covs = 0 is the same)",
+        "lgm_caffe": "ClassDistance layer, metric L2, isotropic, update_sigma false (WeitaoVan/L-GM-loss: margin_mul = alpha, center_coef = lambda_; "
+        "distances divided by sigma + 1e-4 = 1.0001; the regulariser enters the backward only, not the reported loss)",
+        "lgm_tensorflow": "resnet_model.lgm_logits(feat, num_classes, labels, alpha=0.1, lambda_=0.01) (WeitaoVan/L-GM-loss tensorflow demo: "
+        "softmax CE of its logits + likelihood_reg_loss; expanded |x|^2 + |mu|^2 - 2 x.mu distance)",
+    },
+    references=[
+        "Wan, Zhong, Li, Chen, Rethinking Feature Distribution for Loss Functions in Image Classification, CVPR 2018",
+        "margin_losses.md section 8 (LGMLoss, LGMLoss_v0)",
+    ],
+)
+def lgm_loss(xp, features, labels, weights, *, alpha, lambda_):
+    """Large-margin Gaussian mixture (L-GM) loss, identity covariance and equal priors.
+
+    ``d_ik = |x_i - mu_k|^2 / 2``, margin logits ``z_ik = -d_ik (1 + alpha [k = y_i])``, and
+    ``l_i = -log softmax(z_i)_{y_i} + lambda d_{i y_i}``: the classification loss with the margin plus
+    the likelihood regulariser ``-log N(x_i; mu_y, I)`` less its constant ``(D/2) log 2 pi``. The 1/2 is in
+    every implementation's distance: the official Caffe layer's ``-0.5 |W - x|^2 / (sigma + 1e-4)``, its
+    TensorFlow demo's ``-0.5 (XX - 2 XY + YY)``, LGMLoss_v0's ``-0.5 dist`` (the paper's
+    ``d_k = (x - mu_k)^T Sigma_k^{-1} (x - mu_k) / 2`` [paper, not re-verified]; ``-1/2 log|Sigma|`` and the
+    priors cancel here). The regulariser is ``|x - mu_y|^2 / 2`` averaged over the batch in all three
+    (LGMLoss_v0 ``(1/B) sum |x - mu_y|^2 / 2``, ``tf.nn.l2_loss / N``, Caffe's gradient ``center_coef / M (x - mu_y)``),
+    which is this per-sample form under ``reduction='mean'`` (the paper writes L_lkd as a sum over the
+    batch [not re-verified]: that is ``reduction='sum'`` of the regulariser, i.e. lambda times N).
+
+    Defaults ``alpha = 1.0, lambda_ = 0.1``: YirongMao's MNIST example (``train_mnist_LGM.py``,
+    LGMLoss_v0, loss weight 0.1), as margin_losses.md section 8 records. The official CIFAR-100 Caffe
+    example steps alpha from 0.1 to 0.3 with ``center_coef = 0.1``; the TensorFlow demo uses 0.1 and 0.01.
+    ``alpha = lambda_ = 0`` is softmax cross-entropy of ``-|x - mu_k|^2 / 2``.
+
+    Gradient, with ``g = p - onehot(y)`` of the margin logits: ``dz_ik/dx_i = (1 + alpha [k = y_i])(mu_k - x_i)``
+    and ``d(lambda d_iy)/dx_i = lambda (x_i - mu_y)``, so ``dL/dx_i = sum_k B_ik (mu_k - x_i)`` and
+    ``dL/dmu_k = -sum_i B_ik (mu_k - x_i)`` with ``B = g (1 + alpha onehot) - lambda onehot``.
+
+    Numerics: distances from the differences (:func:`_centre_differences`), so a feature next to its
+    mean keeps its precision far from the origin (the TensorFlow demo's expanded form does not).
+
+    Shapes: ``features (N, D)``, ``labels (N,)`` in ``[0, C)``, ``weights (C, D)`` (the means); D may differ from C.
+    """
+    if features.shape[0] == 0:
+        return _empty(xp, features)
+    d, _, _ = _lgm_distances(xp, features, weights)
+    z, hot = _lgm_logits(xp, d, labels, alpha)
+    ce = _soft_target_cross_entropy(xp, xp.astype(hot, z.dtype), log_softmax(z, axis=1, xp=xp))
+    if lambda_ == 0:
+        return ce
+    return ce + lambda_ * take_along_axis(d, labels, axis=1, xp=xp)
+
+
+@lgm_loss.defvjp
+def _lgm_vjp(xp, cot, features, labels, weights, *, alpha, lambda_):
+    if features.shape[0] == 0:
+        return xp.zeros_like(features), None, xp.zeros_like(weights)
+    d, diff, h = _lgm_distances(xp, features, weights)
+    z, hot = _lgm_logits(xp, d, labels, alpha)
+    k = _cotangent_scale(xp, cot)
+    c = cot / k
+    gz = _soft_target_cross_entropy_grad(xp, c, xp.astype(hot, z.dtype), z)  # cot (p - onehot) / k
+    coef = xp.where(hot, (1 + alpha) * gz - lambda_ * xp.expand_dims(c, axis=1), gz)
+    return _centre_grads(xp, coef, diff, h, k)
