@@ -15,6 +15,7 @@ import array_api_compat.numpy as anp
 import numpy as np
 
 from .losses import margin as _margin
+from .losses import margin_adaptive as _adaptive
 
 
 def margin_curves(points: int = 721) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -32,6 +33,10 @@ def margin_curves(points: int = 721) -> dict[str, tuple[np.ndarray, np.ndarray]]
         f"ArcFace (paper): cos(θ + {arc['margin']})": _margin._arcface_psi(arc["margin"], False, "none", False)(anp, c, s2)[0],
         "combined: cos({m1}θ + {m2}) − {m3}".format(**comb): _margin._combined_psi(comb["m1"], comb["m2"], comb["m3"])(anp, c, s2)[0],
     }
+    mag = _adaptive.magface_loss.defaults()
+    for end in ("l", "u"):  # MagFace's margin at the ends of its feature-norm range (easy margin)
+        m = mag[f"{end}_margin"]
+        curves[f"MagFace, |x| = {mag[f'{end}_a']:g}: cos(θ + {m})"] = _margin._arc_psi(anp, c, s2, m, mag["easy_margin"], "none")[0]
     return {label: (theta, np.asarray(v, dtype=float)) for label, v in curves.items()}
 
 

@@ -25,6 +25,10 @@ def test_curves_are_the_documented_target_logits():
     (arc,) = [k for k in curves if k.startswith("ArcFace (insightface)")]
     beyond = theta > math.pi - 0.5  # insightface's fallback cos(theta) - m sin(m) past theta + m = pi
     np.testing.assert_allclose(curves[arc][1][beyond], np.cos(theta[beyond]) - 0.5 * math.sin(0.5), atol=1e-12)
+    for label, m in (("MagFace, |x| = 10", 0.45), ("MagFace, |x| = 110", 0.8)):  # easy margin: cos where c <= 0
+        (mag,) = [k for k in curves if k.startswith(label)]
+        want = np.where(np.cos(theta) > 0, np.cos(theta + m), np.cos(theta))
+        np.testing.assert_allclose(curves[mag][1], want, atol=1e-12, err_msg=label)
     (sphere,) = [k for k in curves if k.startswith("SphereFace")]
     # psi(theta) = (-1)^k cos(4 theta) - 2k, k = floor(4 theta / pi), at the lambda = 5 floor
     k = np.minimum(np.floor(4 * theta / math.pi), 3)
