@@ -4,6 +4,11 @@
   ``check_grads`` when autograd is installed) over every parameter path, then prints the catalogue.
 - ``refloss catalog [--write README.md]``: prints the catalogue as a Markdown table, or rewrites the
   README's table (between its catalogue markers) with it.
+- ``refloss golden build [--losses ...] [--out golden] [--jobs N]``: generates the golden files of the
+  losses that have an mpmath oracle, certifies every case, writes golden/<family>/<loss>.jsonl and the
+  manifest; a case outside the certification policy fails the build (its loss's file is not written).
+- ``refloss golden verify [--losses ...] [--dir golden]``: checks the manifest and every line, and
+  recomputes every case with the installed refloss against the stored exact results.
 """
 
 from __future__ import annotations
@@ -127,11 +132,111 @@ def catalog_command(argv=None) -> int:
     return 0
 
 
+def _bar(iterable, total, label):
+    """A progress bar on stderr: rich when installed, else tqdm, else the plain counter of :func:`_progress`."""
+    try:
+        from rich.console import Console
+        from rich.progress import track
+    except ImportError:
+        yield from _progress(iterable, total, label)
+        return
+    yield from track(iterable, total=total, description=label, console=Console(stderr=True), transient=True)
+
+
+def _ulp(x: float) -> str:
+    return f"{x:.3g}" if x == x else "nan"
+
+
+def _loss_table(rows, title) -> None:
+    print(title)
+    if not rows:
+        print("  (none)")
+        return
+    name_w = max(len("loss"), *(len(r.loss) for r in rows))
+    print(f"{'loss':<{name_w}}  {'family':<14}  cases  {'f16/bf16/f32/f64':<16}  worst value ULP  worst grad ULP  status")
+    for r in sorted(rows, key=lambda r: (r.family, r.loss)):
+        dt = "/".join(str(r.dtypes.get(d, 0)) for d in ("float16", "bfloat16", "float32", "float64"))
+        status = "ok" if not r.problems else f"FAILED ({r.problems})"
+        print(f"{r.loss:<{name_w}}  {r.family:<14}  {r.cases:5d}  {dt:<16}  {_ulp(r.value_ulp):>15}  {_ulp(r.grad_ulp):>14}  {status}")
+
+
+def _problem_table(problems, head) -> None:
+    if not problems:
+        return
+    print()
+    print(f"{len(problems)} problem(s):")
+    cols = [[str(p[0]) for p in problems], [str(p[1]) for p in problems], [str(p[2]) for p in problems]]
+    widths = [max(len(h), *(len(c) for c in col)) for h, col in zip(head, cols)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  error")
+    for p in problems:
+        detail = p[3] if isinstance(p[3], str) else f"{_ulp(p[3])} ULP (bound {_tolerance():g})"
+        print("  ".join(str(c).ljust(w) for c, w in zip(p[:3], widths)) + "  " + detail)
+
+
+def _tolerance() -> float:
+    from .golden import TOLERANCE_ULP
+
+    return TOLERANCE_ULP
+
+
+def golden_command(argv=None) -> int:
+    from . import golden
+
+    parser = argparse.ArgumentParser(prog="refloss golden", description="Build or verify the golden files.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    b = sub.add_parser("build", help="generate and certify golden files (needs mpmath)")
+    b.add_argument("--losses", nargs="+", metavar="LOSS", help="only these losses (default: every loss with an oracle)")
+    b.add_argument("--out", "--dir", dest="dir", default=str(golden.DEFAULT_DIR), help="output directory (default: golden)")
+    b.add_argument("--jobs", type=int, default=None, help="worker processes certifying cases (default: one per CPU; the output does not depend on it)")
+    v = sub.add_parser("verify", help="check the manifest and recompute every case with the installed refloss")
+    v.add_argument("--losses", nargs="+", metavar="LOSS", help="only the files of these losses")
+    v.add_argument("--dir", default=str(golden.DEFAULT_DIR), help="golden directory (default: golden)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if args.action == "build":
+        import os
+
+        try:
+            report = golden.build(args.dir, args.losses, jobs=args.jobs or os.cpu_count() or 1, progress=_bar)
+        except (ImportError, KeyError) as e:
+            print(f"refloss golden build: {e}", file=sys.stderr)
+            return 2
+        elapsed = time.perf_counter() - start
+        _loss_table(report.rows, f"refloss golden build: certified against the mpmath oracle (bound {golden.TOLERANCE_ULP:g} ULP)")
+        if report.skipped:
+            print(f"\nno oracle yet (skipped): {', '.join(report.skipped)}")
+        _problem_table(report.problems, ("loss", "case", "what"))
+        written = sum(r.cases for r in report.rows if not r.problems)
+        from mpmath.libmp import BACKEND
+
+        if BACKEND == "python":
+            print("\nmpmath runs on pure-Python integers here: installing gmpy2 makes the build about ten times faster")
+        print(f"\n{written} cases written to {args.dir} in {elapsed:.1f} s" + ("" if report.ok else "; the build FAILED"))
+        return 0 if report.ok else 1
+    try:
+        report = golden.verify(args.dir, args.losses, progress=_bar)
+    except KeyError as e:
+        print(f"refloss golden verify: {e}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - start
+    _loss_table(report.rows, f"refloss golden verify: {args.dir} recomputed with the installed refloss (bound {golden.TOLERANCE_ULP:g} ULP + {golden.VERIFY_SLACK_ULP:g} for the rounded exact values)")
+    _problem_table(report.problems, ("file", "line", "what"))
+    cases = sum(r.cases for r in report.rows)
+    print(f"\n{cases} cases verified in {elapsed:.1f} s: " + ("ok" if report.ok else f"{len(report.problems)} problem(s)"))
+    return 0 if report.ok else 1
+
+
+def plot_command(argv=None) -> int:
+    from .plot import main as plot_main
+
+    return plot_main(argv)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"check": check, "catalog": catalog_command}
+    commands = {"check": check, "catalog": catalog_command, "golden": golden_command, "plot": plot_command}
     if not argv or argv[0] not in commands:
-        print("usage: refloss {check,catalog} [options]\n\n" + (__doc__ or ""), file=sys.stderr)
+        print("usage: refloss {check,catalog,golden,plot} [options]\n\n" + (__doc__ or ""), file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
 

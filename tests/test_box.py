@@ -80,11 +80,13 @@ def test_ultralytics_eps_in_heights_and_alpha():
     assert _one(refloss.ciou_loss, convention="ultralytics") == pytest.approx(1 - (iou - (RHO2 / (C2 + e) + v * alpha)), rel=1e-15)
 
 
-def test_float32_unit_box_giou_is_vision_7746():
-    # box_seg_losses.md 1.3: identical [0,0,1,1] boxes give 1.19e-7 in float32 (1 + 1e-7 != 1).
+def test_float32_unit_box_giou_is_eps_over_one_plus_eps():
+    # box_seg_losses.md 1.3 / vision#7746: identical [0,0,1,1] boxes give 1 - 1/(1 + 1e-7) = eps/(1 + eps).
+    # torchvision's float32 1 - IoU rounds that to 1.19e-7 (one float32 ulp below 1); refloss forms
+    # 1 - IoU = (U + eps - I)/(U + eps) without the cancellation and returns the value itself.
     b = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
     out = refloss.giou_loss(b, b, reduction="sum")
-    assert out.dtype == np.float32 and float(out) == pytest.approx(1.1920929e-07, rel=1e-6)
+    assert out.dtype == np.float32 and float(out) == pytest.approx(1e-7 / (1 + 1e-7), rel=1e-6)
 
 
 def test_mmdet_ciou_identical_boxes_in_float32_is_zero_not_nan():
@@ -230,9 +232,10 @@ def test_pairwise_matrices_equal_the_loss_path():
     b = dom_t(rng, (5, 4), "typical", {}, {"box_format": "xyxy"})
     m = refloss.box_iou(a, b)
     assert m.shape == (5, 5)
-    np.testing.assert_allclose(np.diag(m), 1 - refloss.iou_loss(a, b, convention="paper", reduction="none"), rtol=1e-14, atol=1e-16)
+    # compared as losses (1 - matrix entry), where both sides are well conditioned
+    np.testing.assert_allclose(1 - np.diag(m), refloss.iou_loss(a, b, convention="paper", reduction="none"), rtol=1e-14)
     g = refloss.generalized_box_iou(a, b)
-    np.testing.assert_allclose(np.diag(g), 1 - refloss.giou_loss(a, b, convention="paper", reduction="none"), rtol=1e-14, atol=1e-16)
+    np.testing.assert_allclose(1 - np.diag(g), refloss.giou_loss(a, b, convention="paper", reduction="none"), rtol=1e-14)
     # an off-diagonal entry by hand, and the zero-union pair
     np.testing.assert_allclose(refloss.box_iou(P, T), [[I / U]], rtol=1e-15)
     z = np.zeros((1, 4))

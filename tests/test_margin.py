@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import refloss
+import refloss.mp as rmp
 from refloss.cases import param_paths
 from refloss.proof import autograd_check, central_difference
 
@@ -32,103 +33,17 @@ ALL_IDS = [l.name for l in ALL]
 # nothing with refloss's angle-addition / Chebyshev-free implementation.
 
 
-def _mp_psi(name, c, p):
-    if name in ("lsoftmax_loss", "sphereface_loss"):
-        m = p["m"]
-        theta = mp.acos(max(min(c, mp.mpf(1)), mp.mpf(-1)))
-        k = int(mp.floor(m * theta / mp.pi))
-        psi = (-1) ** k * mp.cos(m * theta) - 2 * k
-        return (p["lambda_"] * c + psi) / (1 + p["lambda_"])
-    if name in ("normface_loss", "coco_loss", "l2_softmax_loss"):
-        return c
-    if name == "cosface_loss":
-        return c - p["margin"]
-    theta = mp.acos(max(min(c, mp.mpf(1)), mp.mpf(-1)))
-    if name == "combined_margin_loss":
-        return mp.cos(p["m1"] * theta + p["m2"]) - p["m3"]
-    m = mp.mpf(p["margin"])
-    if p.get("easy_margin"):
-        return mp.cos(theta + m) if c > 0 else c
-    if p.get("fallback", "insightface") == "insightface":
-        th = mp.cos(mp.pi - m)
-        return mp.cos(theta + m) if c > th else c - mp.sin(mp.pi - m) * m
-    return mp.cos(theta + m)
-
-
-def _mp_distance_losses(name, x, y, w, p):
-    """RBF-Softmax (Zhang et al. 2020) and L-GM (Wan et al. 2018, identity covariance, equal priors), from
-    the papers' formulas: squared distances summed coordinate by coordinate, then the softmax cross-entropy."""
-    out = []
-    for xi, yi in zip(x, y):
-        dist = [mp.fsum((a - b) ** 2 for a, b in zip(xi, wj)) for wj in w]
-        if name == "rbf_softmax_loss":
-            z = [mp.mpf(p["scale"]) * mp.exp(-t / mp.mpf(p["gamma"])) for t in dist]
-            reg = 0
-        else:  # -log of the margin posterior, plus lambda (-log N(x; mu_y, I) - (D/2) log 2 pi)
-            d = [t / 2 for t in dist]
-            z = [-dk * (1 + (mp.mpf(p["alpha"]) if k == yi else 0)) for k, dk in enumerate(d)]
-            reg = mp.mpf(p["lambda_"]) * d[yi]
-        out.append(mp.log(mp.fsum(mp.exp(t) for t in z)) - z[yi] + reg)
-    return out
-
-
-def _mp_losses(name, x, y, w, p, dps=50):
-    """Per-sample losses in mpmath: ``x`` and ``w`` lists of lists of mpf (``dps=None``: the current precision)."""
-    with mp.workdps(dps or mp.mp.dps):
-        if name in ("rbf_softmax_loss", "lgm_loss"):
-            return _mp_distance_losses(name, x, y, w, p)
-        s = mp.mpf(p.get("alpha", p.get("scale", 1.0)))
-        eps = p.get("eps")
-
-        def norm(v):
-            n = mp.sqrt(mp.fsum(t * t for t in v))
-            return max(n, mp.mpf(eps)) if eps is not None else n
-
-        wn = [norm(row) for row in w]
-        if name == "l2_softmax_loss":  # weights raw
-            wn = [mp.mpf(1)] * len(w)
-        out = []
-        for xi, yi in zip(x, y):
-            xn = norm(xi)
-            cos = [mp.fsum(a * b for a, b in zip(xi, wj)) / (xn * n) for wj, n in zip(w, wn)]
-            if name == "lsoftmax_loss":
-                s_ = [xn * n for n in wn]
-            elif name == "sphereface_loss":
-                s_ = [xn] * len(wn)
-            else:
-                s_ = [s] * len(wn)
-            z = [a * c for a, c in zip(s_, cos)]
-            z[yi] = s_[yi] * _mp_psi(name, cos[yi], p)
-            out.append(mp.log(mp.fsum(mp.exp(t) for t in z)) - z[yi])
-        return out
-
-
-def _mp(a):
-    return [[mp.mpf(float(v)) for v in row] for row in a]
-
-
 def _mp_value(loss, x, y, w, p):
-    return np.array([float(v) for v in _mp_losses(loss.name, _mp(x), list(y), _mp(w), p)])
+    """Per-sample losses from the independent oracle (refloss.mp, mpmath intervals)."""
+    value, _ = rmp.evaluate(loss.name, [x, y, w], {**p, "reduction": "none"})
+    return np.array([float(v) for v in value])
 
 
 def _mp_grad(loss, x, y, w, p, which):
-    """d(sum of losses)/d(input) by mpmath's high-precision numerical differentiation."""
-    X, W = _mp(x), _mp(w)
-    target = X if which == "features" else W
-    out = np.zeros(x.shape if which == "features" else w.shape)
-    with mp.workdps(40):
-        for i in range(out.shape[0]):
-            for k in range(out.shape[1]):
-                base = target[i][k]
-
-                def f(t, i=i, k=k):
-                    target[i][k] = t
-                    v = mp.fsum(_mp_losses(loss.name, X, list(y), W, p, dps=None))
-                    target[i][k] = base
-                    return v
-
-                out[i, k] = float(mp.diff(f, base))
-    return out
+    """d(sum of losses)/d(input) from the oracle's one-sided differences (their midpoint)."""
+    k = 0 if which == "features" else 2
+    (g,) = rmp.gradient(loss.name, [x, y, w], {**p, "reduction": "sum"}, 1.0, [k])
+    return np.array([float((a + b) / 2) for a, b in zip(g.left.ravel(), g.right.ravel())]).reshape(g.left.shape)
 
 
 def _params(loss, **override):
@@ -356,8 +271,9 @@ def test_at_cos_exactly_one_value_and_gradient_are_finite_and_exact(loss, sign):
         # by hand: the target's tangent (W_hat_y - c x_hat) is exactly 0, so only the orthogonal classes
         # contribute: dL/dx = sum_{j != y} s p_j W_hat_j / |x|, dL/dW_j = s p_j x_hat / |W_j|, dL/dW_y = 0.
         s = p["scale"]
-        z = np.array([s * float(_mp_psi(loss.name, mp.mpf(sign), p)), 0.0, 0.0])
-        prob = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        # the oracle's loss l = -log p_y with the two other logits 0: p_j = (1 - p_y) / 2 = -expm1(-l) / 2
+        rest = -math.expm1(-_mp_value(loss, x, y, w, p)[0]) / 2
+        prob = np.array([1 - 2 * rest, rest, rest])
         wh = w / np.linalg.norm(w, axis=1, keepdims=True)
         np.testing.assert_allclose(gx[0], s * (prob[1] * wh[1] + prob[2] * wh[2]) / 8.0, rtol=1e-14, atol=0)
         expected_w = np.zeros_like(w)

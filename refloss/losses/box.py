@@ -211,10 +211,70 @@ def _safe(xp, den):
     return xp.where(den == 0, xp.ones_like(den), den)
 
 
+class _DD:
+    """Double-double arithmetic on arrays (Dekker/Knuth error-free transformations, + - * only): a value
+    is a pair ``(hi, lo)`` with ``hi + lo`` exact to about twice the working precision."""
+
+    def __init__(self, xp, dtype):
+        self.xp = xp
+        bits = round(-math.log2(float(xp.finfo(dtype).eps))) + 1
+        self.K = float(2 ** ((bits + 1) // 2) + 1)  # Veltkamp's splitter: 2^27 + 1 for float64
+
+    def const(self, c, like):
+        return (self.xp.full_like(like, c), self.xp.zeros_like(like))
+
+    @staticmethod
+    def _two_sum(a, b):
+        s = a + b
+        bb = s - a
+        return s, (a - (s - bb)) + (b - bb)
+
+    @staticmethod
+    def _fast(s, e):
+        t = s + e
+        return t, e - (t - s)
+
+    def _split(self, a):
+        c = self.K * a
+        hi = c - (c - a)
+        return hi, a - hi
+
+    def sub(self, a, b):
+        """``a - b`` exactly, from two working-precision arrays."""
+        return self._two_sum(a, -b)
+
+    def add(self, x, y):
+        s, e = self._two_sum(x[0], y[0])
+        return self._fast(s, e + (x[1] + y[1]))
+
+    def neg(self, x):
+        return (-x[0], -x[1])
+
+    def scale(self, x, k):
+        """``k x`` for a power of two ``k`` (exact)."""
+        return (k * x[0], k * x[1])
+
+    def mul(self, x, y):
+        a, b = x[0], y[0]
+        p = a * b
+        ah, al = self._split(a)
+        bh, bl = self._split(b)
+        e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+        return self._fast(p, e + (a * y[1] + x[1] * b))
+
+    def where(self, m, x, other):
+        return (self.xp.where(m, x[0], other), self.xp.where(m, x[1], self.xp.zeros_like(other)))
+
+
 def _geometry(xp, pred, target, kind, convention, fmt):
     """Every intermediate of the forward, as a dict (the backward reads them)."""
     cfg = _PRESETS[convention]
     eps = cfg["eps"]
+    if fmt in ("xywh", "cxcywh"):
+        # Every quantity is translation invariant: move the prediction's reference point to the origin
+        # first, so that the corners x + w (cx -+ w/2) are rounded at the boxes' scale, not their offset.
+        shift = xp.stack([pred[:, 0], pred[:, 1], xp.zeros_like(pred[:, 0]), xp.zeros_like(pred[:, 0])], axis=-1)
+        pred, target = pred - shift, target - shift
     x1, y1, x2, y2 = _to_corners(xp, pred, fmt)
     X1, Y1, X2, Y2 = _to_corners(xp, target, fmt)
     g = dict(x1=x1, y1=y1, x2=x2, y2=y2, X1=X1, Y1=Y1, X2=X2, Y2=Y2, eps=eps, cfg=cfg, kind=kind)
@@ -224,23 +284,41 @@ def _geometry(xp, pred, target, kind, convention, fmt):
     iw = xp.minimum(x2, X2) - xp.maximum(x1, X1)
     ih = xp.minimum(y2, Y2) - xp.maximum(y1, Y1)
     zero = xp.zeros_like(iw)
-    if cfg["inter"] == "strict":
-        m = (iw > 0) & (ih > 0)
-        I = xp.where(m, iw * ih, zero)
-    else:
-        I = xp.maximum(iw, zero) * xp.maximum(ih, zero)
-    U = w * ha + W * Ha - I
+    # The areas in double-double (exact differences and products, see _dd_*): U = A + Ag - I and
+    # U - I cancel for overlapping boxes, and the whole loss and its gradient inherit their error.
+    # The value of I is the same under the strict mask and the clamp (0 unless iw > 0 and ih > 0).
+    dd = _DD(xp, x1.dtype)
+    m = (iw > 0) & (ih > 0)
+    hd, Hd = dd.sub(y2, y1), dd.sub(Y2, Y1)
+    if cfg["h_eps"] == "area":
+        hd, Hd = dd.add(hd, dd.const(eps, h)), dd.add(Hd, dd.const(eps, h))
+    Ad, Agd = dd.mul(dd.sub(x2, x1), hd), dd.mul(dd.sub(X2, X1), Hd)
+    Id = dd.where(m, dd.mul(dd.sub(xp.minimum(x2, X2), xp.maximum(x1, X1)), dd.sub(xp.minimum(y2, Y2), xp.maximum(y1, Y1))), zero)
+    Uds = dd.add(dd.add(Ad, Agd), dd.neg(Id))  # U
+    I, U = Id[0], Uds[0]
+    umi = dd.add(dd.add(Ad, Agd), dd.scale(Id, -2.0))  # U - I
     umode = _union_mode(convention, kind)
-    Ud = U + eps if umode == "add" else (xp.maximum(U, xp.full_like(U, eps)) if umode == "max" else U)
+    if umode == "add":
+        Ud = dd.add(Uds, dd.const(eps, U))[0]
+        ud_minus_i = dd.add(umi, dd.const(eps, U))[0]
+    elif umode == "max":
+        Ud = xp.maximum(U, xp.full_like(U, eps))
+        ud_minus_i = xp.where(U >= eps, umi[0], eps - I)
+    else:
+        Ud, ud_minus_i = U, umi[0]
     iou = I / _safe(xp, Ud)
-    g.update(iw=iw, ih=ih, I=I, U=U, Ud=Ud, umode=umode, iou=iou)
+    omi = ud_minus_i / _safe(xp, Ud)  # 1 - IoU without cancellation (exactly 0 for identical boxes)
+    g["U_dd"] = Uds
+    g["dd"] = dd
+    g.update(iw=iw, ih=ih, I=I, U=U, Ud=Ud, umode=umode, iou=iou, omi=omi)
     if kind == "iou":
         return g
     cw = xp.maximum(x2, X2) - xp.minimum(x1, X1)
     ch = xp.maximum(y2, Y2) - xp.minimum(y1, Y1)
     g.update(cw=cw, ch=ch)
     if kind == "giou":
-        C = cw * ch
+        Cdd = dd.mul(dd.sub(xp.maximum(x2, X2), xp.minimum(x1, X1)), dd.sub(xp.maximum(y2, Y2), xp.minimum(y1, Y1)))
+        C = Cdd[0]
         if convention in ("torchvision", "detectron2"):
             Cn, Un, Cd = C, U, C + eps  # (C - U) / (C + eps): the raw union on top
         elif convention == "mmdet":
@@ -251,20 +329,18 @@ def _geometry(xp, pred, target, kind, convention, fmt):
             Un = Ud
         else:
             Cn, Un, Cd = C, U, C
-        pen = (Cn - Un) / _safe(xp, Cd)
+        # C - U in double-double (it cancels for nearly identical boxes); under ultralytics U is the
+        # union of the eps-heightened areas, and (C + eps) - (U + eps) is the same C - U.
+        cmu = dd.add(Cdd, dd.neg(g["U_dd"]))[0]
+        if convention == "mmdet":
+            cmu = xp.where(U >= eps, cmu, Cn - Un)
+        pen = cmu / _safe(xp, Cd)
         g.update(C=C, Cd=Cd, pen=pen)
         return g
-    # centre distance, in each implementation's arithmetic
-    if convention in ("mmdet",):
-        dx, dy = (X1 + X2) - (x1 + x2), (Y1 + Y2) - (y1 + y2)
-        rho2 = dx * dx / 4 + dy * dy / 4
-    elif convention == "ultralytics":
-        dx, dy = X1 + X2 - x1 - x2, Y1 + Y2 - y1 - y2
-        rho2 = (dx * dx + dy * dy) / 4
-    else:
-        cx, cy = (x1 + x2) / 2 - (X1 + X2) / 2, (y1 + y2) / 2 - (Y1 + Y2) / 2
-        dx, dy = -2 * cx, -2 * cy
-        rho2 = cx * cx + cy * cy
+    # centre distance (the same number in every implementation): as differences of corresponding
+    # coordinates, so that boxes far from the origin do not round the sums x1 + x2 at their offset
+    dx, dy = (X1 - x1) + (X2 - x2), (Y1 - y1) + (Y2 - y2)
+    rho2 = (dx * dx + dy * dy) / 4
     c2 = cw * cw + ch * ch + eps
     pen = rho2 / _safe(xp, c2)
     g.update(dx=dx, dy=dy, rho2=rho2, c2=c2, pen_d=pen)
@@ -289,19 +365,21 @@ def _geometry(xp, pred, target, kind, convention, fmt):
 
 def _value(xp, g, mode="linear"):
     kind, cfg = g["kind"], g["cfg"]
-    iou = g["iou"]
+    iou, omi = g["iou"], g["omi"]  # omi = 1 - IoU, without cancellation
     if kind == "iou":
         if cfg is _PRESETS["mmdet"]:
-            iou = xp.maximum(iou, xp.full_like(iou, g["eps"]))  # clamp(min=eps)
+            low = iou < g["eps"]
+            iou = xp.where(low, xp.full_like(iou, g["eps"]), iou)  # clamp(min=eps)
+            omi = xp.where(low, 1 - iou, omi)
         if mode == "linear":
-            return 1 - iou
+            return omi
         if mode == "square":
-            return 1 - iou * iou
-        return -xp.log(iou)
-    q = iou - g["pen"]
+            return omi * (1 + iou)
+        return xp.where(omi < 0.5, -xp.log1p(-omi), -xp.log(iou))  # log1p where IoU is near 1
+    out = omi + g["pen"]  # 1 - (IoU - pen)
     if _clamps_output(g):
-        q = xp.clip(q, -1.0, 1.0)
-    return 1 - q
+        out = xp.clip(out, 0.0, 2.0)  # 1 - clamp(q, -1, 1)
+    return out
 
 
 def _clamps_output(g):
@@ -339,10 +417,10 @@ def _backward(xp, cot, g, mode, fmt, alpha_gradient="detached"):
         g_iou, g_pen = g_q, -g_q
     G = {k: zero for k in ("x1", "y1", "x2", "y2", "X1", "Y1", "X2", "Y2")}
     g_w = g_h = g_W = g_H = g_cw = g_ch = g_U = zero
-    # IoU = I / Ud
+    # IoU = I / Ud: its derivative is added in closed form at the end (_iou_grads), with coefficient c_iou
     Ud = _safe(xp, g["Ud"])
-    g_I = g_iou / Ud
-    g_Ud = -g_iou * iou / Ud
+    c_iou = g_iou
+    g_I = g_Ud = zero
     if kind == "giou":
         Cd = _safe(xp, g["Cd"])
         g_Cn = g_pen / Cd
@@ -374,9 +452,7 @@ def _backward(xp, cot, g, mode, fmt, alpha_gradient="detached"):
                 g_v = g_pen * alpha
             else:  # T = alpha v = v^2 / D, dD = dv - dIoU: dT = (2 alpha - alpha^2) dv + alpha^2 dIoU
                 g_v = g_pen * (2 * alpha - alpha * alpha)
-                g_iou_alpha = g_pen * alpha * alpha
-                g_I = g_I + g_iou_alpha / Ud
-                g_Ud = g_Ud - g_iou_alpha * iou / Ud
+                c_iou = c_iou + g_pen * alpha * alpha
             g_delta = g_v * 2 * _FOUR_OVER_PI2 * g["delta"]
             w, hv, W, Hv = g["w"], g["hv"], g["W"], g["Hv"]
             r = _safe(xp, w * w + hv * hv)
@@ -419,10 +495,57 @@ def _backward(xp, cot, g, mode, fmt, alpha_gradient="detached"):
     G["y1"], G["y2"] = G["y1"] - g_h, G["y2"] + g_h
     G["X1"], G["X2"] = G["X1"] - g_W, G["X2"] + g_W
     G["Y1"], G["Y2"] = G["Y1"] - g_H, G["Y2"] + g_H
+    for k, d in _iou_grads(xp, g).items():
+        G[k] = G[k] + c_iou * d
     gp = _from_corner_grads(xp, (G["x1"], G["y1"], G["x2"], G["y2"]), fmt)
     gt = _from_corner_grads(xp, (G["X1"], G["Y1"], G["X2"], G["Y2"]), fmt)
     scale = xp.reshape(scale, (-1, 1))
     return gp * scale, gt * scale
+
+
+def _iou_grads(xp, g):
+    """``dIoU / d`` each corner coordinate, in closed form without cancellation.
+
+    With ``k = dI/diw`` (``ih`` where the intersection counts, 0 where the strict mask or the clamp
+    stops it), ``s`` the share of ``x1`` in ``max(x1, X1)``, ``su = dUd/dU`` and ``E = ha - k``:
+    ``dI/dx1 = -s k``, ``dU/dx1 = -ha + s k``, so ``dIoU/dx1 = (IoU su (E + (1 - s) k) - s k) / Ud``;
+    ``E`` is ``ha`` where nothing counts and else the excess ``relu(y2 - Y2) + relu(Y1 - y1)`` (+ eps
+    under ultralytics), a sum of non-negative terms: the reverse-mode chain ``g_I k - g_U ha`` would
+    instead subtract ``(1 + IoU) ih`` from ``IoU ha``, which cancels for nearly identical boxes.
+    The other coordinates follow by symmetry (x2 mirrors x1; the target takes ``1 - s``)."""
+    cfg, eps, iou, U = g["cfg"], g["eps"], g["iou"], g["U"]
+    zero = xp.zeros_like(iou)
+    Ud = _safe(xp, g["Ud"])
+    iw, ih = g["iw"], g["ih"]
+    if cfg["inter"] == "strict":
+        m = (iw > 0) & (ih > 0)
+        k_x, k_y = xp.where(m, ih, zero), xp.where(m, iw, zero)
+    else:
+        k_x = xp.where(iw >= 0, xp.maximum(ih, zero), zero)
+        k_y = xp.where(ih >= 0, xp.maximum(iw, zero), zero)
+    su = _max_split(xp, U, xp.full_like(U, eps)) if g["umode"] == "max" else xp.ones_like(U)
+    ah = eps if cfg["h_eps"] == "area" else 0.0
+
+    def relu(t):
+        return xp.maximum(t, zero)
+
+    x1, y1, x2, y2, X1, Y1, X2, Y2 = (g[k] for k in ("x1", "y1", "x2", "y2", "X1", "Y1", "X2", "Y2"))
+    # E: the other side of each area minus k (the box's excess over the intersection, exactly)
+    E_px = xp.where(k_x > 0, relu(y2 - Y2) + relu(Y1 - y1) + ah, g["ha"])
+    E_tx = xp.where(k_x > 0, relu(Y2 - y2) + relu(y1 - Y1) + ah, g["Ha"])
+    E_py = xp.where(k_y > 0, relu(x2 - X2) + relu(X1 - x1), g["w"])
+    E_ty = xp.where(k_y > 0, relu(X2 - x2) + relu(x1 - X1), g["W"])
+    c = iou * su
+    out = {}
+    for lo, hi, LO, HI, k, Ep, Et in (("x1", "x2", "X1", "X2", k_x, E_px, E_tx), ("y1", "y2", "Y1", "Y2", k_y, E_py, E_ty)):
+        a1, a2, b1, b2 = g[lo], g[hi], g[LO], g[HI]
+        s_lo = _max_split(xp, a1, b1)  # share of x1 in max(x1, X1)
+        s_hi = _max_split(xp, b2, a2)  # share of x2 in min(x2, X2)
+        out[lo] = (c * (Ep + (1 - s_lo) * k) - s_lo * k) / Ud
+        out[hi] = -(c * (Ep + (1 - s_hi) * k) - s_hi * k) / Ud
+        out[LO] = (c * (Et + s_lo * k) - (1 - s_lo) * k) / Ud
+        out[HI] = -(c * (Et + s_hi * k) - (1 - s_hi) * k) / Ud
+    return out
 
 
 def _convention_of(cfg):

@@ -29,7 +29,6 @@ from ..xp import (
     softmax_complement,
     softplus,
     take_along_axis,
-    xlogy,
     xmul,
 )
 
@@ -214,13 +213,26 @@ def _soft_target_cross_entropy(xp, a, lsm):
 def _soft_target_cross_entropy_grad(xp, cot, a, logits):
     """d/dz of :func:`_soft_target_cross_entropy`: ``(sum_c a_c) p - a``, since ``d lsm_c / d z_k = delta_ck - p_k``.
 
-    Evaluated as ``(A - a) p - a (1 - p)`` with ``1 - p`` from :func:`refloss.xp.softmax_complement`:
-    where the target dominates (``1 - p_y < 2^-53``), ``A p_y - a_y`` would round to 0 and drop the
-    target's share of the gradient, while this keeps every entry to a few ULP of itself.
+    Evaluated as ``(A - a) p - a (1 - p)`` with ``1 - p`` from :func:`refloss.xp.softmax_complement`
+    and ``A - a`` from :func:`_sum_of_others`: where the target dominates (``1 - p_y < 2^-53``),
+    ``A p_y - a_y`` would round to 0 and drop the target's share of the gradient, and ``A - a_y``
+    summed then subtracted would lose the other classes' mass to cancellation.
     """
     p = softmax(logits, axis=1, xp=xp)
-    rest = xp.sum(a, axis=1, keepdims=True) - a
+    rest = _sum_of_others(xp, a)
     return _expand(xp, cot) * (rest * p - a * softmax_complement(logits, axis=1, xp=xp))
+
+
+def _sum_of_others(xp, a):
+    """``A - a_c = sum_{k != c} a_k`` along the class axis for non-negative ``a``, without cancellation.
+
+    ``A - a_c`` is at least ``A / 2`` except for a class holding more than half the mass (at most one
+    per row); for that one, where the subtraction would cancel, the other classes are summed directly.
+    """
+    total = xp.sum(a, axis=1, keepdims=True)
+    big = a > total / 2
+    others_of_big = xp.sum(xp.where(big, xp.zeros_like(a), a), axis=1, keepdims=True)
+    return xp.where(big, others_of_big, total - a)
 
 
 @loss(
@@ -595,21 +607,56 @@ def softmax_focal_loss(xp, logits, target, *, alpha, gamma, axis):
 def _softmax_focal_vjp(xp, cot, logits, target, *, alpha, gamma, axis):
     lsm_t, m, r = _focal_parts(xp, logits, target)
     scale = alpha * m**gamma * (1 + gamma * xmul(xp.exp(lsm_t), r, xp=xp))
-    p = softmax(logits, axis=1, xp=xp)
-    hot = one_hot(target, logits.shape[1], axis=1, dtype=p.dtype, xp=xp)
-    return _expand(xp, cot * scale) * (p - hot), None
+    # p - onehot(y), with p_y - 1 = -(1 - p_y) from softmax_complement (p_y - 1 cancels as p_y -> 1)
+    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
+    p_minus_hot = xp.where(hot, -softmax_complement(logits, axis=1, xp=xp), softmax(logits, axis=1, xp=xp))
+    return _expand(xp, cot * scale) * p_minus_hot, None
 
 
 # ------------------------------------------------------------------------------------------------
 # Divergences.
 
 
+_LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of log 2: 32 significant bits, so e * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_SMALLEST_NORMAL = 2.0**-1022
+
+
+def _log_minus(xp, p, x):
+    """``log(p) - x`` without the cancellation of a rounded ``log p`` against ``x`` (``p > 0`` normal).
+
+    With ``p = m 2^e`` (``e = round(log2 p)``, ``m`` in ``[0.7, 1.42]``, both exact),
+    ``log p - x = (e ln2_hi - x) + (e ln2_lo + log1p(m - 1))``: the first difference is exact wherever
+    the result cancels (Sterbenz), and what remains is small, so the error is an ULP of the result
+    plus ``2^-55`` absolute, instead of an ULP of ``log p`` (``kl_div`` near ``x = log p``). Zero,
+    subnormal and non-finite ``p`` take ``safe_log(p) - x``.
+    """
+    normal = (p >= _SMALLEST_NORMAL) & (p < math.inf)
+    safe = xp.where(normal, p, xp.ones_like(p))
+    e = xp.round(xp.log2(safe))
+    m = safe * 2.0 ** (-e)
+    precise = (e * _LN2_HI - x) + (e * _LN2_LO + xp.log1p(m - 1))
+    return xp.where(normal, precise, safe_log(p, xp=xp) - x)
+
+
+def _log_ratio(xp, p, q):
+    """``log(p / q)`` for positive ``p, q``: ``log1p((p - q) / q)`` where ``p / q`` is in ``[1/2, 2]``
+    (``p - q`` exact, no cancellation near ``p = q``), the log of the ratio elsewhere."""
+    near = (p <= 2 * q) & (q <= 2 * p)
+    return xp.where(near, xp.log1p((p - q) / q), xp.log(p / q))
+
+
 def _kl_parts(xp, input, target, log_target):
-    """``(weight, log_weight, live)``: the target as a probability, its log, and where it is nonzero."""
+    """``(prob, gap, live)``: the target as a probability, ``log p - x`` (0 where ``p = 0``; from
+    :func:`_log_minus`, as it cancels where ``q ~ p``), and where ``p`` is nonzero (NaN stays live,
+    so it propagates)."""
+    zero = xp.zeros_like(input) + xp.zeros_like(target)
     if log_target:
         prob = xp.exp(target)
-        return prob, target, prob != 0
-    return target, safe_log(target, xp=xp), target != 0  # NaN stays live, so it propagates
+        live = prob != 0
+        return prob, xp.where(live, target - xp.where(live, input, zero), zero), live
+    live = target != 0
+    return target, xp.where(live, _log_minus(xp, target, xp.where(live, input, zero)), zero), live
 
 
 _KERAS_KL_CLIP = (_KERAS_EPSILON, 1.0)
@@ -666,10 +713,9 @@ def kl_div(xp, input, target, *, log_target, convention):
     """
     if convention == "keras":
         q, p, _, _ = _keras_kl_parts(xp, input, target)
-        return p * (xp.log(p) - xp.log(q))
-    prob, log_prob, live = _kl_parts(xp, input, target, log_target)
-    zero = xp.zeros_like(input) + xp.zeros_like(prob)
-    return xp.where(live, prob * (xp.where(live, log_prob, zero) - xp.where(live, input, zero)), zero)
+        return p * _log_ratio(xp, p, q)
+    prob, gap, live = _kl_parts(xp, input, target, log_target)
+    return xp.where(live, prob * gap, xp.zeros_like(gap))
 
 
 @kl_div.defvjp
@@ -678,11 +724,11 @@ def _kl_div_vjp(xp, cot, input, target, *, log_target, convention):
         q, p, live_q, live_p = _keras_kl_parts(xp, input, target)
         zero = xp.zeros_like(q * p)
         d_input = xp.where(live_q, -p / q, zero)
-        d_target = xp.where(live_p, xp.log(p) - xp.log(q) + 1, zero)
+        d_target = xp.where(live_p, _log_ratio(xp, p, q) + 1, zero)
         return cot * d_input, cot * d_target
-    prob, log_prob, live = _kl_parts(xp, input, target, log_target)
-    zero = xp.zeros_like(input) + xp.zeros_like(prob)
-    inner = xp.where(live, xp.where(live, log_prob, zero) + 1 - xp.where(live, input, zero), zero)
+    prob, gap, live = _kl_parts(xp, input, target, log_target)
+    zero = xp.zeros_like(gap)
+    inner = xp.where(live, gap + 1, zero)
     d_target = prob * inner if log_target else xp.where(live, inner, -math.inf + zero)
     return cot * (-prob), cot * d_target
 
@@ -694,23 +740,35 @@ def _half_log_ratio_terms(xp, p, q):
     return s, xp.where(live, (p - q) / xp.where(live, s, xp.ones_like(s)), xp.zeros_like(s))
 
 
-_JS_SERIES = tuple(1.0 / (2 * k * (2 * k - 1)) for k in range(1, 12))
+_JS_SERIES_BOUND = 0.7
+_JS_SERIES = tuple(1.0 / (2 * k * (2 * k - 1)) for k in range(1, 46))  # 0.7^90 / 8100 < 2^-60
 
 
-def _js_h(xp, d):
-    """``h(d) = [(1 + d) log(1 + d) + (1 - d) log(1 - d)] / 2 = sum_k d^(2k) / (2k (2k - 1))``.
+def _js_terms(xp, p, q):
+    """Per class, ``s h(d) = p log(2 p / s) + q log(2 q / s)`` with ``s = p + q``, ``d = (p - q) / s`` and
+    ``h(d) = [(1 + d) log(1 + d) + (1 - d) log(1 - d)] / 2 = sum_k d^(2k) / (2k (2k - 1))``.
 
-    The series for ``|d| < 0.25`` (no cancellation when ``p ~ q``), the closed form elsewhere.
+    For ``|d| < 0.7``, ``(p - q) d sum_k d^(2k-2) / (2k (2k - 1))``: positive terms only, where the two
+    logs cancel (by up to 30 ULP at ``|d| ~ 0.3``; ``p - q`` is exact for ``|d| <= 1/3``). Elsewhere the
+    logs of the ratios ``2 p / s`` and ``2 q / s`` themselves, each accurate to an ULP even where one
+    probability is negligible (``1 - d`` from a rounded ``d`` would lose it), with ``0 log 0 = 0``.
     """
-    small = xp.abs(d) < 0.25
+    s, d = _half_log_ratio_terms(xp, p, q)
+    small = xp.abs(d) < _JS_SERIES_BOUND
     ds = xp.where(small, d, xp.zeros_like(d))
     d2 = ds * ds
     series = xp.zeros_like(d)
     for c in reversed(_JS_SERIES):
-        series = (series + c) * d2
-    db = xp.where(small, xp.zeros_like(d), d)
-    closed = (xmul(1 + db, log1m(-db, xp=xp), xp=xp) + xmul(1 - db, log1m(db, xp=xp), xp=xp)) / 2
-    return xp.where(small, series, closed)
+        series = series * d2 + c
+    closed = xmul(p, _log_twice_ratio(xp, p, s), xp=xp) + xmul(q, _log_twice_ratio(xp, q, s), xp=xp)
+    return xp.where(small, (p - q) * ds * series, closed)
+
+
+def _log_twice_ratio(xp, a, s):
+    """``log(2 a / s)`` as the log of the ratio ``2 (a / s)`` (no overflow, no cancellation of two large
+    logs); ``-inf`` at ``a = 0``; the value at ``s = 0`` is unused (1 there)."""
+    live = s > 0
+    return safe_log(2 * (a / xp.where(live, s, xp.ones_like(s))), xp=xp)
 
 
 @loss(
@@ -728,15 +786,17 @@ def jensen_shannon_divergence(xp, p, q, *, axis):
     """Jensen-Shannon divergence (nats): ``JS = KL(p || m) / 2 + KL(q || m) / 2``, ``m = (p + q) / 2``.
 
     Per class, with ``s = p + q`` and ``d = (p - q) / s``, the two terms sum to ``s h(d)`` where
-    ``h(d) = [(1 + d) log(1 + d) + (1 - d) log(1 - d)] / 2``; ``h`` is summed as its series near
-    ``d = 0``, so ``JS`` keeps full relative precision when ``p`` and ``q`` are close.
-    ``JS = sum_c s_c h(d_c) / 2`` over the class axis, in ``[0, log 2]``.
+    ``h(d) = [(1 + d) log(1 + d) + (1 - d) log(1 - d)] / 2``; ``h`` is summed as its series for
+    ``|d| < 0.7``, so ``JS`` keeps full relative precision when ``p`` and ``q`` are close, and as
+    ``p log(2 p / s) + q log(2 q / s)`` elsewhere. ``JS = sum_c s_c h(d_c) / 2`` over the class axis,
+    in ``[0, log 2]``.
 
     Gradients: ``d JS / d p_c = log(2 p_c / (p_c + q_c)) / 2 = log(1 + d_c) / 2``, and
-    ``d JS / d q_c = log(1 - d_c) / 2`` (``-inf`` where that probability is 0).
+    ``d JS / d q_c = log(1 - d_c) / 2`` (``-inf`` where that probability is 0 and the other is not).
+    Where ``p_c = q_c = 0`` both are ``log(2) / 2``: the one-sided partial derivatives, since the
+    class's term grows as ``p_c log(2) / 2`` when ``p_c`` alone moves off 0.
     """
-    s, d = _half_log_ratio_terms(xp, p, q)
-    return xp.sum(s * _js_h(xp, d), axis=1) / 2
+    return xp.sum(_js_terms(xp, p, q), axis=1) / 2
 
 
 @jensen_shannon_divergence.defvjp
@@ -747,11 +807,12 @@ def _js_vjp(xp, cot, p, q, *, axis):
 
 
 def _log_twice_share(xp, a, s, d):
-    """``log(2 a / s) = log(1 + d)``: ``log1p`` while ``d`` is small (no cancellation), the difference
-    of logs once ``a`` is far from ``s / 2`` (where ``d`` may round to -1 although ``a > 0``)."""
+    """``log(2 a / s) = log(1 + d)``: ``log1p`` while ``d`` is small (no cancellation), the log of the
+    ratio once ``a`` is far from ``s / 2`` (where ``d`` may round to -1 although ``a > 0``), and
+    ``log 2`` where ``s = 0`` (the one-sided limit as ``a`` alone grows from 0)."""
     near = xp.abs(d) < 0.5
-    far = safe_log(2 * a, xp=xp) - safe_log(xp.where(near, xp.ones_like(s), s), xp=xp)
-    return xp.where(near, log1m(-xp.where(near, d, xp.zeros_like(d)), xp=xp), far)
+    share = xp.where(near, log1m(-xp.where(near, d, xp.zeros_like(d)), xp=xp), _log_twice_ratio(xp, a, s))
+    return xp.where(s == 0, xp.full_like(share, math.log(2)), share)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -843,13 +904,43 @@ def _crammer_singer_vjp(xp, cot, logits, target, *, margin):
     return _expand(xp, cot) * active * (share - xp.astype(hot, logits.dtype)), None
 
 
-def _lse_margin(xp, logits, target, scale, margin):
-    """``(u, q, hot)``: ``u = LSE_{i != y}(s z_i) - s (z_y - m)``, ``q`` the softmax over the non-target ``s z``."""
-    hot, others = _others(xp, scale * logits, target)
-    lse = logsumexp(others, axis=1, xp=xp)
-    u = lse - scale * (_target_score(xp, logits, target) - margin)
-    q = xp.exp(others - _expand(xp, lse))
-    return u, q, xp.astype(hot, logits.dtype)
+def _lse_hinge_parts(xp, logits, target, margin):
+    """``(u, q, hot)``: ``u = LSE_{i != y}(z_i - z_y + m)``, ``q`` the softmax of those over ``i != y``.
+
+    Taken over the differences ``z_i - z_y`` (exact where they are small), not as ``LSE(z_i) - z_y``,
+    which cancels where the hinge is near its corner (``LSE(1e4, 1e4) - 1e4`` keeps 4 digits of ``log 2``).
+    """
+    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
+    v = xp.where(hot, -math.inf, logits - _expand(xp, _target_score(xp, logits, target)) + margin)
+    return logsumexp(v, axis=1, xp=xp), softmax(v, axis=1, xp=xp), xp.astype(hot, logits.dtype)
+
+
+def _margin_logits(xp, logits, target, scale, margin):
+    """``(z', hot)``: logits whose softmax at the target gives AM-Softmax's
+    ``softplus(LSE_{i != y}(s z_i) - s (z_y - m)) = -log softmax(z')_y``.
+
+    ``z' = z`` at ``s = 1, m = 0`` (plain cross-entropy); otherwise the target-relative
+    ``z'_i = s (z_i - z_y + m)`` and ``z'_y = 0``, exact where scores tie (``s (z_y - m)`` would round
+    at the scale of ``z_y``: at ``z = 1e4`` that leaves 4 digits of the loss).
+    """
+    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
+    if scale == 1 and margin == 0:
+        return logits, hot
+    relative = scale * (logits - _expand(xp, _target_score(xp, logits, target)) + margin)
+    return xp.where(hot, xp.zeros_like(relative), relative), hot
+
+
+def _margin_softmax_loss(xp, logits, target, scale, margin):
+    """``-log softmax(z')_y`` (see :func:`_margin_logits`): no cancellation of ``LSE`` against ``s (z_y - m)``."""
+    shifted, _ = _margin_logits(xp, logits, target, scale, margin)
+    return -take_along_axis(log_softmax(shifted, axis=1, xp=xp), target, axis=1, xp=xp)
+
+
+def _margin_softmax_grad(xp, cot, logits, target, scale, margin):
+    """``s (softmax(z') - onehot(y))``, with ``p'_y - 1 = -(1 - p'_y)`` from :func:`refloss.xp.softmax_complement`."""
+    shifted, hot = _margin_logits(xp, logits, target, scale, margin)
+    diff = xp.where(hot, -softmax_complement(shifted, axis=1, xp=xp), softmax(shifted, axis=1, xp=xp))
+    return _expand(xp, cot * scale) * diff
 
 
 @loss(
@@ -866,13 +957,13 @@ def logsumexp_hinge_loss(xp, logits, target, *, margin):
     Gradient where active: ``softmax over the non-target scores`` on ``z_i`` (summing to 1) and
     ``-1`` on ``z_y``; 0 elsewhere (and at the kink).
     """
-    u, _, _ = _lse_margin(xp, logits, target, 1.0, margin)
+    u, _, _ = _lse_hinge_parts(xp, logits, target, margin)
     return xp.maximum(u, 0.0)
 
 
 @logsumexp_hinge_loss.defvjp
 def _lse_hinge_vjp(xp, cot, logits, target, *, margin):
-    u, q, hot = _lse_margin(xp, logits, target, 1.0, margin)
+    u, q, hot = _lse_hinge_parts(xp, logits, target, margin)
     return _expand(xp, cot * xp.astype(u > 0, logits.dtype)) * (q - hot), None
 
 
@@ -890,17 +981,19 @@ def softplus_logsumexp_loss(xp, logits, target):
     Algebraically ``log(1 + sum_{i != y} e^{z_i} / e^{z_y}) = -log softmax(z)_y``: softmax
     cross-entropy, reached by smoothing max twice (the 001 seed's derivation; a test checks it).
 
+    Computed as that ``-log softmax(z)_y`` (a rounded ``LSE - z_y`` would cancel where the target
+    ties the others).
+
     Gradient: ``sigma(u) (q - onehot(y))`` with ``u`` the argument of softplus and ``q`` the softmax
-    over the non-target scores; ``sigma(u) q_i = p_i`` and ``sigma(u) = 1 - p_y``, i.e. ``p - onehot``.
+    over the non-target scores; ``sigma(u) q_i = p_i`` and ``sigma(u) = 1 - p_y``, i.e. ``p - onehot``
+    (``p_y - 1`` evaluated as ``-(1 - p_y)``).
     """
-    u, _, _ = _lse_margin(xp, logits, target, 1.0, 0.0)
-    return softplus(u, xp=xp)
+    return _margin_softmax_loss(xp, logits, target, 1.0, 0.0)
 
 
 @softplus_logsumexp_loss.defvjp
 def _softplus_lse_vjp(xp, cot, logits, target):
-    u, q, hot = _lse_margin(xp, logits, target, 1.0, 0.0)
-    return _expand(xp, cot * sigmoid(u, xp=xp)) * (q - hot), None
+    return _margin_softmax_grad(xp, cot, logits, target, 1.0, 0.0), None
 
 
 @loss(
@@ -918,18 +1011,18 @@ def additive_margin_softplus_loss(xp, logits, target, *, scale, margin):
     """Additive-margin smooth hinge: ``l = softplus(LSE_{i != y}(s z_i) - s (z_y - m))``.
 
     Equal to ``-log(e^{s(z_y - m)} / (e^{s(z_y - m)} + sum_{i != y} e^{s z_i}))``: AM-Softmax/CosFace
-    when ``z`` are cosines; plain cross-entropy at ``s = 1, m = 0``.
+    when ``z`` are cosines; plain cross-entropy at ``s = 1, m = 0``. Computed in that form, as
+    ``-log softmax(z')_y`` with ``z'_i = s (z_i - z_y + m)`` and ``z'_y = 0``.
 
-    Gradient: ``s sigma(u) (q - onehot(y))``, ``q`` the softmax over the non-target ``s z_i``.
+    Gradient: ``s sigma(u) (q - onehot(y))``, ``q`` the softmax over the non-target ``s z_i``; that is
+    ``s (softmax(z') - onehot(y))``.
     """
-    u, _, _ = _lse_margin(xp, logits, target, scale, margin)
-    return softplus(u, xp=xp)
+    return _margin_softmax_loss(xp, logits, target, scale, margin)
 
 
 @additive_margin_softplus_loss.defvjp
 def _am_softplus_vjp(xp, cot, logits, target, *, scale, margin):
-    u, q, hot = _lse_margin(xp, logits, target, scale, margin)
-    return _expand(xp, cot * scale * sigmoid(u, xp=xp)) * (q - hot), None
+    return _margin_softmax_grad(xp, cot, logits, target, scale, margin), None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -94,6 +94,91 @@ def _lp_norm_grad(xp, v, norm, p):
     return xp.where(xp.expand_dims(zero, axis=-1), xp.zeros_like(g), g)
 
 
+# Double-double pieces (Dekker, Knuth; Ogita, Rump, Oishi, "Accurate sum and dot product", 2005) for
+# the few quantities that cancel: a difference of squared norms, ``||x|| - R``, ``1 - cos``. A pair
+# ``(hi, lo)`` stands for ``hi + lo``; the error-free transformations below are exact in IEEE
+# double arithmetic (no FMA contraction) for finite arguments whose products do not overflow.
+
+
+
+def _split_constants(xp, dtype):
+    """Veltkamp's splitter ``2^h + 1`` (``h = ceil(t / 2)`` for ``t``-bit significands: 2^27 + 1 for
+    float64) and the magnitude below which the split cannot overflow (2^995 for float64)."""
+    fi = xp.finfo(dtype)
+    t = round(-math.log2(float(fi.eps))) + 1
+    h = (t + 1) // 2
+    return 2.0**h + 1, 2.0 ** (math.floor(math.log2(float(fi.max))) - h - 1)
+
+
+def _two_sum(xp, a, b):
+    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e = a + b`` exactly (Knuth); ``e = 0`` where ``s``
+    is not finite (computed from zeros there, so that no ``inf - inf`` is ever formed)."""
+    s = a + b
+    fin = xp.isfinite(s)
+    a0, b0 = xp.where(fin, a, xp.zeros_like(s)), xp.where(fin, b, xp.zeros_like(s))
+    s0 = a0 + b0
+    bb = s0 - a0
+    return s, (a0 - (s0 - bb)) + (b0 - bb)
+
+
+def _two_prod(xp, a, b):
+    """``(p, e)`` with ``p = fl(a b)`` and ``p + e = a b`` exactly (Dekker, Veltkamp's split), for
+    ``|a|, |b| < 2^995`` (float64; 2^114 for float32); ``e = 0`` elsewhere and where ``p`` is not finite."""
+    p = a * b
+    splitter, bound = _split_constants(xp, p.dtype)
+
+    def split(x):
+        c = splitter * x
+        hi = c - (c - x)
+        return hi, x - hi
+
+    ok = xp.isfinite(p) & (xp.abs(a) < bound) & (xp.abs(b) < bound)
+    a0, b0 = xp.where(ok, a, xp.zeros_like(p)), xp.where(ok, b, xp.zeros_like(p))
+    p0 = a0 * b0
+    ah, al = split(a0)
+    bh, bl = split(b0)
+    return p, ((ah * bh - p0) + ah * bl + al * bh) + al * bl
+
+
+def _dd_sum(xp, hi, lo):
+    """``sum(hi + lo)`` along the last axis as a double-double, by pairwise :func:`_two_sum` (Sum2
+    in tree order): the result is within ``~2^-104 sum |hi|`` of the exact sum."""
+    if hi.shape[-1] == 0:
+        zero = xp.sum(hi, axis=-1)
+        return zero, zero
+    while hi.shape[-1] > 1:
+        if hi.shape[-1] % 2:
+            pad = xp.zeros_like(hi[..., :1])
+            hi, lo = xp.concat([hi, pad], axis=-1), xp.concat([lo, pad], axis=-1)
+        s, e = _two_sum(xp, hi[..., 0::2], hi[..., 1::2])
+        hi, lo = s, lo[..., 0::2] + lo[..., 1::2] + e
+    return _renormalise(xp, hi[..., 0], lo[..., 0])
+
+
+def _renormalise(xp, hi, lo):
+    s = hi + lo
+    fin = xp.isfinite(s)
+    return s, xp.where(fin, lo, xp.zeros_like(lo)) - (xp.where(fin, s, xp.zeros_like(s)) - xp.where(fin, hi, xp.zeros_like(hi)))
+
+
+def _dd_dot(xp, a, b):
+    """Row-wise ``a . b`` (last axis) as a double-double (Dot2)."""
+    p, e = _two_prod(xp, a, b)
+    return _dd_sum(xp, p, e)
+
+
+def _dd_mul(xp, a_hi, a_lo, b_hi, b_lo):
+    """``(a_hi + a_lo)(b_hi + b_lo)`` as a double-double (the ``lo lo`` term dropped)."""
+    p, e = _two_prod(xp, a_hi, b_hi)
+    return _renormalise(xp, p, e + (a_hi * b_lo + a_lo * b_hi))
+
+
+def _dd_sub(xp, a_hi, a_lo, b_hi, b_lo):
+    """``(a_hi + a_lo) - (b_hi + b_lo)`` rounded to double: exact cancellation of the high parts."""
+    s, e = _two_sum(xp, a_hi, -b_hi)
+    return s + (e + (a_lo - b_lo))
+
+
 def _split_cotangent(xp, cot):
     """``(kappa, cot / kappa)`` with ``kappa = max |cot|`` (1 if that is 0, not finite, or ``cot``
     empty). For VJPs that sum cotangent-weighted terms across samples: a uniform cotangent (every
@@ -277,39 +362,54 @@ def center_invariant_loss(xp, features, labels, centers):
 
     Gradient (exact, in the centres): with ``w_j = sum_{i: y_i = j} g_i`` (``g`` the cotangent),
     ``A_j = lambda_j w_j`` and ``B = sum_j A_j``, ``d/d c_j = (A_j - B / C) c_j``: ``d(lambda^2/4)/d lambda
-    = lambda/2``, ``d lambda_i / d s_j = [j = y_i] - 1/C`` and ``d s_j / d c_j = 2 c_j``. ``B`` is
-    evaluated as ``sum_j s_j (w_j - mean(w))`` (equal, as ``sum_j lambda_j = 0``), which does not cancel
-    between large terms; the result is still a difference of terms of size ``max_k s_k``, accurate to
-    a few ulps of that, not of itself, when centre norms differ by many orders of magnitude. The Caffe layer instead adds ``ca_loss_weight lambda_i (1 - 1/C)
+    = lambda/2``, ``d lambda_i / d s_j = [j = y_i] - 1/C`` and ``d s_j / d c_j = 2 c_j``. ``lambda`` is
+    computed from double-double squared norms and their mean (it cancels where a norm is near the
+    mean), ``w`` as double-double sums (the cotangents of a class may cancel), and ``B`` as ``sum_j
+    lambda_j (w_j - mean(w))`` (equal, as ``sum_j lambda_j = 0``), so that a uniform ``w`` gives exactly 0. The Caffe layer instead adds ``ca_loss_weight lambda_i (1 - 1/C)
     c_{y_i} / num[y_i]`` to the *feature* gradient (``num`` the training-set class counts read from a
     file) and moves the centres with the center-loss update; that rule is not a gradient of this
     loss and is not reproduced.
 
     Shapes: ``features (N, D)``, ``labels (N,)`` integers in ``[0, C)``, ``centers (C, D)``.
     """
-    _, lam = _squared_norms_and_lambda(xp, centers)
+    lam = _squared_norms_and_lambda(xp, centers)
     lam_i = xp.take(lam, labels, axis=0)
     out = 0.25 * (lam_i * lam_i)
     return xp.where(xp.any(xp.isnan(features), axis=1), xp.full_like(out, math.nan), out)
 
 
 def _squared_norms_and_lambda(xp, centers):
-    """``s_j = ||c_j||^2`` and ``lambda_j = s_j - mean_k s_k`` (0 classes: empty arrays, no 0/0)."""
-    s = xp.sum(centers * centers, axis=1)
-    return s, s - xp.sum(s) / max(centers.shape[0], 1)
+    """``lambda_j = s_j - mean_k s_k`` with ``s_j = ||c_j||^2`` (0 classes: an empty array, no 0/0).
+
+    ``lambda_j`` cancels where a centre's squared norm is near the mean; the norms are double-doubles
+    (:func:`_dd_dot`), so ``lambda_j`` is accurate to an ulp of itself."""
+    return _deviation_from_mean(xp, *_dd_dot(xp, centers, centers))
+
+
+def _deviation_from_mean(xp, hi, lo):
+    """``x_j - mean_k x_k`` for a double-double vector ``x`` (length ``C``; 0 gives an empty array),
+    rounded once: the mean is a double-double too (:func:`_dd_sum`)."""
+    c = hi.shape[0]
+    if c == 0:
+        return hi
+    t_hi, t_lo = _dd_sum(xp, xp.reshape(hi, (1, c)), xp.reshape(lo, (1, c)))
+    m_hi = t_hi / c
+    p, e = _two_prod(xp, m_hi, xp.full_like(m_hi, float(c)))
+    m_lo = (((t_hi - p) - e) + t_lo) / c  # t_hi - p is exact (Sterbenz)
+    return _dd_sub(xp, hi, lo, m_hi, m_lo)
 
 
 @center_invariant_loss.defvjp
 def _center_invariant_vjp(xp, cot, features, labels, centers):
     c = max(centers.shape[0], 1)
-    s, lam = _squared_norms_and_lambda(xp, centers)
-    hot = one_hot(labels, centers.shape[0], dtype=lam.dtype, xp=xp)
-    kappa, unit = _split_cotangent(xp, cot)
-    w = xp.matmul(xp.matrix_transpose(hot), unit)
-    # B = sum_j lambda_j w_j = sum_j s_j (w_j - mean(w)), since sum_j lambda_j = 0: the second form
-    # does not cancel between large terms (a class whose w_j is the mean drops out exactly).
-    b = xp.sum(s * (w - xp.sum(w) / c)) / c
-    return None, None, kappa * (_col(xp, lam * w - b) * centers)
+    lam = _squared_norms_and_lambda(xp, centers)
+    # w_j = sum_{i: y_i = j} g_i and w_j - mean(w), both cancelling sums of the cotangent: double-doubles
+    spread = xp.matrix_transpose(one_hot(labels, centers.shape[0], dtype=lam.dtype, xp=xp)) * xp.expand_dims(cot, axis=0)
+    w_hi, w_lo = _dd_sum(xp, spread, xp.zeros_like(spread))
+    # B = sum_j lambda_j w_j = sum_j lambda_j (w_j - mean(w)), since sum_j lambda_j = 0: a class whose
+    # w_j is the mean drops out exactly (every w_j alike gives B = 0, not a rounding residue).
+    b = xp.sum(lam * _deviation_from_mean(xp, w_hi, w_lo)) / c
+    return None, None, _col(xp, lam * w_hi - b) * centers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -527,17 +627,39 @@ def ring_loss(xp, features, radius, *, loss_weight):
 
     Shapes: ``features (N, D)``; ``radius ()`` or ``(1,)`` (the paper's single R), or ``(N,)``.
     """
-    return (0.5 * loss_weight) * _squared(xp, _lp_norm(xp, features, 2) - radius)
+    return (0.5 * loss_weight) * _squared(xp, _ring_gap(xp, features, radius)[1])
 
 
 def _squared(xp, z):
     return z * z
 
 
+def _ring_gap(xp, features, radius):
+    """``(||x_i||, ||x_i|| - R)``. Where ``R`` is within a factor 2 of the norm the difference cancels;
+    there it is ``(||x||^2 - R^2) / (||x|| + R)`` with ``||x||^2 - R^2`` from double-double pieces
+    (rows and ``R`` scaled by the row's power of two, exact), accurate to a few ulps of itself."""
+    norm = _lp_norm(xp, features, 2)
+    r = xp.zeros_like(norm) + radius
+    near = (r > 0.5 * norm) & (r < 2.0 * norm)
+    _, s = _row_scale(xp, xp.abs(features))
+    rs = xp.where(near, r, xp.zeros_like(r)) / s  # at most 4 sqrt(D) where near
+    u = features / _col(xp, s)
+    sq_hi, sq_lo = _dd_dot(xp, u, u)
+    r2_hi, r2_lo = _two_prod(xp, rs, rs)
+    # ||x|| + R with ||x|| = n0 + n_lo (one Newton step on the square root), rounded once
+    n0 = xp.sqrt(sq_hi)
+    p, e = _two_prod(xp, n0, n0)
+    n_lo = (((sq_hi - p) - e) + sq_lo) / xp.where(n0 > 0, 2 * n0, xp.ones_like(n0))
+    den_hi, den_lo = _two_sum(xp, n0, rs)
+    den = xp.where(near, den_hi + (den_lo + n_lo), xp.ones_like(rs))
+    gap = s * (_dd_sub(xp, sq_hi, sq_lo, r2_hi, r2_lo) / den)
+    return norm, xp.where(near, gap, norm - r)
+
+
 @ring_loss.defvjp
 def _ring_loss_vjp(xp, cot, features, radius, *, loss_weight):
-    norm = _lp_norm(xp, features, 2)
-    t = cot * loss_weight * (norm - radius)
+    norm, gap = _ring_gap(xp, features, radius)
+    t = cot * loss_weight * gap
     return _col(xp, t) * _lp_norm_grad(xp, features, norm, 2), -sum_to_shape(t, radius.shape, xp=xp)
 
 
@@ -638,9 +760,14 @@ _TRIPLET_INPUTS = [
 ]
 
 
-def _triplet_vector(x1, x2, eps, placement):
-    # PyTorch's pairwise_distance: norm(x1 - x2 + eps); optax: eps inside the sum of powers.
-    return x1 - x2 + eps if placement == "difference" else x1 - x2
+def _triplet_vector(xp, x1, x2, eps, placement):
+    """``x1 - x2 (+ eps)`` as a double-double ``(hi, lo)``, exactly up to ``2^-106`` of ``hi`` (PyTorch's
+    pairwise_distance adds ``eps`` to the difference; optax puts it inside the sum of powers)."""
+    hi, lo = _two_sum(xp, x1, -x2)
+    if placement == "difference" and eps:
+        hi, lo2 = _two_sum(xp, hi, xp.full_like(hi, eps))
+        hi, lo = _renormalise(xp, hi, lo + lo2)
+    return hi, lo
 
 
 def _triplet_distance(xp, v, p, eps, placement):
@@ -648,12 +775,164 @@ def _triplet_distance(xp, v, p, eps, placement):
 
 
 def _triplet_parts(xp, anchor, positive, negative, p, eps, swap, placement):
-    vectors = {"ap": _triplet_vector(anchor, positive, eps, placement), "an": _triplet_vector(anchor, negative, eps, placement)}
+    """Distances, and ``gap = d(a, p) - d_n`` without cancellation.
+
+    The gap cancels wherever the two distances are close (and catastrophically for rows of very
+    different magnitudes). With ``v = a - p (+ eps)``, ``w`` the other vector, ``f = v - w`` and ``g = v +
+    w`` taken from the inputs as double-doubles (``n - p`` and ``2a - p - n (+ 2 eps)``, exact however
+    small), rows scaled by a power of two: ``|v_k| - |w_k|`` is ``sign(v_k) f_k`` or ``sign(v_k) g_k``
+    (same or opposite signs), so ``d_v - d_w`` is its sum for ``p = 1``; ``sum_k f_k g_k / (d_v + d_w)``
+    for ``p = 2`` (the distances double-doubles too); both are kept as double-doubles and rounded once
+    with the margin (:func:`_triplet_argument`), so the hinge's corner does not cancel. For other ``p``, ``d_w expm1(log1p((D_v - D_w) / D_w) / p)`` with ``D = d^p`` and
+    ``|v_k|^p - |w_k|^p = |w_k|^p expm1(p log1p((|v_k| - |w_k|) / |w_k|))`` (both where the two are within
+    a factor 2; the plain differences elsewhere, where they do not cancel).
+    """
+    pairs = {"ap": (anchor, positive), "an": (anchor, negative)}
     if swap:
-        vectors["pn"] = _triplet_vector(positive, negative, eps, placement)
+        pairs["pn"] = (positive, negative)
+    dd = {key: _triplet_vector(xp, x1, x2, eps, placement) for key, (x1, x2) in pairs.items()}
+    vectors = {key: hi for key, (hi, _) in dd.items()}
     dist = {key: _triplet_distance(xp, v, p, eps, placement) for key, v in vectors.items()}
-    d_neg = xp.minimum(dist["an"], dist["pn"]) if swap else dist["an"]
-    return vectors, dist, d_neg
+    big = xp.max(xp.stack([xp.max(xp.abs(v), axis=1) for v in vectors.values()], axis=0), axis=0)
+    e, scale = _row_scale(xp, xp.expand_dims(big, axis=1))
+    if placement == "sum" and eps:
+        scale = xp.where(e > 0, scale, xp.ones_like(scale))  # keep eps / s^p <= eps
+    col = _col(xp, scale)
+    dd = {key: (hi / col, lo / col) for key, (hi, lo) in dd.items()}
+    a, pos, neg = anchor / col, positive / col, negative / col
+    shift = (xp.full_like(a, 2.0 * eps) / col,) if placement == "difference" and eps else ()
+    fg = {"an": (_dd_total(xp, neg, -pos), _dd_total(xp, a, a, -pos, -neg, *shift))}
+    if swap:
+        fg["pn"] = (_dd_total(xp, a, -pos, -pos, neg), _dd_total(xp, a, -neg, *shift))
+
+    e_scaled = ((eps if placement == "sum" else 0.0) / scale) / scale
+
+    def norm2(key):
+        # the scaled Euclidean distance as a double-double: sqrt of a double-double, one Newton step
+        hi, lo = dd[key]
+        p_hi, p_lo = _two_prod(xp, hi, hi)
+        s_hi, s_lo = _dd_sum(xp, p_hi, p_lo + 2 * hi * lo)
+        s_hi, e2 = _two_sum(xp, s_hi, e_scaled)
+        r = xp.sqrt(s_hi)
+        q, f = _two_prod(xp, r, r)
+        return r, (((s_hi - q) - f) + (s_lo + e2)) / xp.where(r == 0, xp.ones_like(r), 2 * r)
+
+    def gap(key):
+        # d(a, p) - d(a, n) (or d(p, n)) as a double-double (hi, lo)
+        (f_hi, f_lo), (g_hi, g_lo) = fg[key]
+        d_v, d_w = dist["ap"], dist[key]
+        if p == 2:
+            p_hi, p_lo = _two_prod(xp, f_hi, g_hi)
+            d_hi, d_lo = _dd_sum(xp, p_hi, p_lo + (f_hi * g_lo + f_lo * g_hi))
+            (v0, v1), (w0, w1) = norm2("ap"), norm2(key)
+            den, den_lo = _two_sum(xp, v0, w0)
+            den_lo = den_lo + (v1 + w1)
+            zero = den == 0  # (not den > 0: a NaN must propagate)
+            den = xp.where(zero, xp.ones_like(den), den)
+            q = d_hi / den
+            m, m_lo = _two_prod(xp, q, den)
+            q_lo = (((d_hi - m) - m_lo) + (d_lo - q * den_lo)) / den
+            return xp.where(zero, xp.zeros_like(q), scale * q), xp.where(zero, xp.zeros_like(q), scale * q_lo)
+        v, w = dd["ap"][0], dd[key][0]
+        sv, sw = xp.sign(v), xp.sign(w)
+        h_hi = xp.where(sv * sw > 0, sv * f_hi, xp.where(sv * sw < 0, sv * g_hi, xp.abs(v) - xp.abs(w)))
+        h_lo = xp.where(sv * sw > 0, sv * f_lo, xp.where(sv * sw < 0, sv * g_lo, xp.zeros_like(g_lo)))
+        if p == 1:
+            d_hi, d_lo = _dd_sum(xp, h_hi, h_lo)
+            return scale * d_hi, scale * d_lo
+        # |v|^p - |w|^p, through log1p/expm1 where |v| and |w| are within a factor 2 (there it cancels)
+        av, aw = xp.abs(v), xp.abs(w)
+        near = (av <= 2 * aw) & (aw <= 2 * av) & (aw > 0)
+        ratio = xp.where(near, (h_hi + h_lo) / xp.where(near, aw, xp.ones_like(aw)), xp.zeros_like(aw))
+        power = aw**p
+        terms = xp.where(near, power * xp.expm1(p * xp.log1p(ratio)), av**p - power)
+        d_hi, d_lo = _dd_sum(xp, terms, xp.zeros_like(terms))
+        big_w = xp.sum(power, axis=1) + (eps * (1 / scale) ** p if placement == "sum" else 0.0)
+        # d_v - d_w = d_w expm1(log1p((D_v - D_w) / D_w) / p) where the distances are within a factor 2
+        close = (d_v <= 2 * d_w) & (d_w <= 2 * d_v) & (big_w > 0)
+        rel = xp.where(close, (d_hi + d_lo) / xp.where(close, big_w, xp.ones_like(big_w)), xp.zeros_like(big_w))
+        out = xp.where(close, d_w * xp.expm1(xp.log1p(rel) / p), d_v - d_w)
+        return out, xp.zeros_like(out)
+
+    gaps = {key: gap(key) for key in fg}
+    out = {"vectors": vectors, "dist": dist, "dd": dd, "fg": fg, "scaled": (a, pos, neg, shift), "e_scaled": e_scaled}
+    out["gaps"] = {key: hi for key, (hi, _) in gaps.items()}
+    hi, lo = gaps["an"]
+    if swap:  # d_n = min(d(a, n), d(p, n)): the larger gap
+        pn = gaps["pn"][0] > hi
+        hi, lo = xp.where(pn, gaps["pn"][0], hi), xp.where(pn, gaps["pn"][1], lo)
+    out["gap"] = (hi, lo)
+    return out
+
+
+def _triplet_argument(xp, parts, margin):
+    """``d(a, p) - d_n + margin``, rounded once from the double-double gap."""
+    hi, lo = parts["gap"]
+    s, e = _two_sum(xp, hi, xp.full_like(hi, margin))
+    return s + (e + lo)
+
+
+def _dd_total(xp, *terms):
+    """``sum(terms)`` (arrays alike) as a double-double, by a chain of :func:`_two_sum`."""
+    hi, lo = terms[0], xp.zeros_like(terms[0])
+    for t in terms[1:]:
+        hi, e = _two_sum(xp, hi, t)
+        lo = lo + e
+    return _renormalise(xp, hi, lo)
+
+
+def _unit_difference(xp, v, w, delta, e):
+    """``v / n_v - w / n_w`` with ``n = sqrt(|x|^2 + e)`` (0 for ``x / n`` where ``n = 0``), for
+    double-double row vectors ``v, w`` and ``delta = w - v`` (a double-double computed from the inputs,
+    so that it is accurate however small): the two unit vectors nearly cancel where ``v`` and ``w``
+    are nearly parallel. With the rejection ``r = w - t v``, ``t = v.w / |v|^2``, ``v / n_v - w / n_w =
+    v (n_w - t n_v) / (n_v n_w) - r / n_w``: two orthogonal terms, with ``n_w - t n_v = (|r|^2 + e (1 - t)
+    (1 + t)) / (n_w + t n_v)`` for ``t > 0``. ``r`` is accurate to ulps of itself: the quotient is a
+    double-double, and ``r`` is taken as ``w - t v`` or as ``delta - (t - 1) v`` (with ``t - 1 = v.delta /
+    |v|^2``), whichever of ``w`` and ``delta`` is the shorter (the error is ``2^-104`` of it)."""
+    (v_hi, v_lo), (w_hi, w_lo), (d_hi, d_lo) = v, w, delta
+
+    def dot(a_hi, a_lo, b_hi, b_lo):
+        p, q = _two_prod(xp, a_hi, b_hi)
+        return _dd_sum(xp, p, q + (a_hi * b_lo + a_lo * b_hi))
+
+    vv_hi, vv_lo = dot(v_hi, v_lo, v_hi, v_lo)
+    ww_hi, _ = dot(w_hi, w_lo, w_hi, w_lo)
+    zero_v = vv_hi == 0
+    den = xp.where(zero_v, xp.ones_like(vv_hi), vv_hi)
+
+    def quotient_and_rest(x_hi, x_lo):
+        # q = v.x / |v|^2 as a double-double, and x - q v rounded
+        n_hi, n_lo = dot(v_hi, v_lo, x_hi, x_lo)
+        q = xp.where(zero_v, xp.zeros_like(n_hi), n_hi / den)
+        p, e2 = _two_prod(xp, q, vv_hi)
+        q_lo = xp.where(zero_v, xp.zeros_like(n_hi), (((n_hi - p) - e2) + (n_lo - q * vv_lo)) / den)
+        a, b = _two_prod(xp, _col(xp, q), v_hi)
+        return q, q_lo, (x_hi - a) - (b + _col(xp, q) * v_lo + _col(xp, q_lo) * v_hi - x_lo)
+
+    t_w, t_w_lo, r_w = quotient_and_rest(w_hi, w_lo)
+    t1_d, t1_d_lo, r_d = quotient_and_rest(d_hi, d_lo)
+    by_w = ww_hi <= xp.sum(d_hi * d_hi, axis=1)
+    r = xp.where(_col(xp, by_w), r_w, r_d)
+    t = xp.where(by_w, t_w + t_w_lo, (1 + t1_d) + t1_d_lo)  # 1 + t1 is exact where t is small
+    one_minus_t = xp.where(by_w, (1 - t_w) - t_w_lo, -(t1_d + t1_d_lo))
+    n_v, n_w = xp.sqrt(vv_hi + e), xp.sqrt(ww_hi + e)
+    # degenerate rows tested with == 0, so that NaNs take the general branch and propagate
+    v_zero, w_zero = n_v == 0, n_w == 0
+    ahead = ~v_zero & ~w_zero & (t > 0)
+    nv1 = xp.where(v_zero, xp.ones_like(n_v), n_v)
+    nw1 = xp.where(w_zero, xp.ones_like(n_w), n_w)
+    rr = xp.sum(r * r, axis=1)
+    near = (rr + e * (one_minus_t * (1 + t))) / xp.where(ahead, n_w + t * n_v, xp.ones_like(n_w))
+    coef = xp.where(ahead, near, n_w - t * n_v)
+    rejected = _col(xp, coef / (nv1 * nw1)) * v_hi - r / _col(xp, nw1)
+    only_v = v_hi / _col(xp, nv1)
+    only_w = -w_hi / _col(xp, nw1)
+    # the rejection form where the directions are within 30 degrees (it cancels componentwise,
+    # within its norm, elsewhere); the plain difference where they are not
+    close = ahead & (4 * rr <= ww_hi)
+    both = xp.where(_col(xp, close), rejected, only_v + only_w)
+    return xp.where(_col(xp, w_zero), only_v, xp.where(_col(xp, v_zero), only_w, both))  # both zero: 0
 
 
 @loss(
@@ -698,24 +977,53 @@ def triplet_margin_loss(xp, anchor, positive, negative, *, margin, p, eps, swap,
     swap the min's subgradient: 1 to the smaller distance, 1/2 each at a tie (PyTorch's ``min``).
     At the hinge corner the gradient passes (PyTorch's ``clamp_min``).
 
+    Precision: ``d(a, p) - d_n`` cancels where the distances are close; it is computed from
+    double-double differences of the inputs (:func:`_triplet_parts`). For ``p = 2`` the gradient's
+    ``G(v) - G(w)`` (nearly parallel differences) is taken through the rejection of one from the other
+    (:func:`_unit_difference`); for other ``p`` (but 1) it is the plain difference, accurate to ulps
+    of ``G``, not of itself.
+
     Shapes: ``anchor``, ``positive``, ``negative (N, D)``; ``p`` in [1, 100].
     """
-    _, dist, d_neg = _triplet_parts(xp, anchor, positive, negative, p, eps, swap, eps_placement)
-    return _hinge(xp, dist["ap"] - d_neg + margin)
+    parts = _triplet_parts(xp, anchor, positive, negative, p, eps, swap, eps_placement)
+    return _hinge(xp, _triplet_argument(xp, parts, margin))
 
 
 @triplet_margin_loss.defvjp
 def _triplet_margin_vjp(xp, cot, anchor, positive, negative, *, margin, p, eps, swap, eps_placement):
-    vectors, dist, d_neg = _triplet_parts(xp, anchor, positive, negative, p, eps, swap, eps_placement)
-    g = _col(xp, cot * _indicator(xp, dist["ap"] - d_neg + margin >= 0, d_neg))
-    grad = {key: _lp_norm_grad(xp, v, dist[key], p) for key, v in vectors.items()}
+    parts = _triplet_parts(xp, anchor, positive, negative, p, eps, swap, eps_placement)
+    vectors, dist = parts["vectors"], parts["dist"]
+    g = _col(xp, cot * _indicator(xp, _triplet_argument(xp, parts, margin) >= 0, dist["ap"]))
+    unit = {key: _lp_norm_grad(xp, v, dist[key], p) for key, v in vectors.items()}
     if swap:
-        an, pn = dist["an"], dist["pn"]
+        an, pn = -parts["gaps"]["an"], -parts["gaps"]["pn"]  # the forward's max of the two gaps
         w_an = xp.where(an < pn, xp.ones_like(an), xp.where(an == pn, xp.full_like(an, 0.5), xp.zeros_like(an)))
         w_an, w_pn = _col(xp, w_an), _col(xp, 1 - w_an)
-        to_neg = w_an * grad["an"] + w_pn * grad["pn"]
-        return g * (grad["ap"] - w_an * grad["an"]), -g * (grad["ap"] + w_pn * grad["pn"]), g * to_neg
-    return g * (grad["ap"] - grad["an"]), -g * grad["ap"], g * grad["an"]
+    else:
+        w_an, w_pn = 1.0, 0.0
+    if p != 2:
+        to_anchor = unit["ap"] - w_an * unit["an"]
+        to_positive = unit["ap"] + w_pn * unit["pn"] if swap else unit["ap"]
+        to_negative = w_an * unit["an"] + w_pn * unit["pn"] if swap else unit["an"]
+        return g * to_anchor, -g * to_positive, g * to_negative
+    # p = 2: the sums and differences of unit vectors that cancel, without cancellation; the
+    # differences of the vectors (w - v) come from the inputs (_triplet_parts), not from the vectors
+    dd, e, fg = parts["dd"], parts["e_scaled"], parts["fg"]
+
+    def minus(v):
+        return -v[0], -v[1]
+
+    to_anchor = _unit_difference(xp, dd["ap"], dd["an"], minus(fg["an"][0]), e)  # u_ap - u_an
+    if not swap:
+        return g * to_anchor, -g * unit["ap"], g * unit["an"]
+    to_anchor = w_an * to_anchor + w_pn * unit["ap"]  # u_ap - w_an u_an
+    plus = _unit_difference(xp, dd["ap"], minus(dd["pn"]), minus(fg["pn"][1]), e)  # u_ap + u_pn
+    to_positive = w_pn * plus + w_an * unit["ap"]  # u_ap + w_pn u_pn
+    tie = (w_an == 0.5) & (w_pn == 0.5)
+    a, pos, neg, shift = parts["scaled"]
+    delta = _dd_total(xp, neg, neg, -pos, -a, *(-t for t in shift))  # -(v_an + v_pn)
+    to_negative = xp.where(tie, 0.5 * _unit_difference(xp, dd["an"], minus(dd["pn"]), delta, e), w_an * unit["an"] + w_pn * unit["pn"])
+    return g * to_anchor, -g * to_positive, g * to_negative
 
 
 @loss(
@@ -739,45 +1047,108 @@ def facenet_triplet_loss(xp, anchor, positive, negative, *, alpha):
 
     ``reduction='mean'`` is facenet's mean over all triplets (zeros included). FaceNet L2-normalises
     the D.embeddings in the network, before the loss; do so to compare. No ``eps`` is needed: squared
-    distances are smooth at ``a = p``.
+    distances are smooth at ``a = p``. The argument of the hinge cancels where the two distances are
+    close; it is computed exactly enough to be rounded once (:func:`_facenet_argument`).
 
     Gradient where the hinge is active (``>= 0``: TensorFlow's ``maximum`` passes the gradient at a
     tie): ``d/da = 2 (n - p)``, ``d/dp = 2 (p - a)``, ``d/dn = 2 (a - n)`` (from ``d||v||^2/dv = 2v``).
 
     Shapes: ``anchor``, ``positive``, ``negative (N, D)``.
     """
-    ap, an = anchor - positive, anchor - negative
-    return _hinge(xp, xp.sum(ap * ap, axis=1) - xp.sum(an * an, axis=1) + alpha)
+    return _hinge(xp, _facenet_argument(xp, anchor, positive, negative, alpha))
+
+
+def _facenet_argument(xp, anchor, positive, negative, alpha):
+    """``||a - p||^2 - ||a - n||^2 + alpha``, which cancels wherever the two distances are close,
+    as ``sum_k (n_k - p_k)(2 a_k - p_k - n_k) + alpha``: each factor exact as a double-double
+    (:func:`_two_sum`), their products and the sum double-doubles (:func:`_two_prod`,
+    :func:`_dd_sum`), rounded once at the end. The factored form keeps the terms at the size of
+    the difference, not of the squared distances (rows of very different magnitudes)."""
+    f_hi, f_lo = _two_sum(xp, negative, -positive)
+    u_hi, u_lo = _two_sum(xp, anchor, -positive)
+    v_hi, v_lo = _two_sum(xp, anchor, -negative)
+    g_hi, g_lo = _two_sum(xp, u_hi, v_hi)
+    g_lo = g_lo + (u_lo + v_lo)
+    p_hi, p_lo = _two_prod(xp, f_hi, g_hi)
+    d_hi, d_lo = _dd_sum(xp, p_hi, p_lo + (f_hi * g_lo + f_lo * g_hi))
+    t, e = _two_sum(xp, d_hi, xp.full_like(d_hi, alpha))
+    return t + (e + d_lo)
 
 
 @facenet_triplet_loss.defvjp
 def _facenet_triplet_vjp(xp, cot, anchor, positive, negative, *, alpha):
-    ap, an = anchor - positive, anchor - negative
-    arg = xp.sum(ap * ap, axis=1) - xp.sum(an * an, axis=1) + alpha
+    arg = _facenet_argument(xp, anchor, positive, negative, alpha)
     g = _col(xp, (2.0 * cot) * _indicator(xp, arg >= 0, arg))
-    return g * (negative - positive), g * (positive - anchor), g * an
+    return g * (negative - positive), g * (positive - anchor), g * (anchor - negative)
 
 
 # ------------------------------------------------------------------------------------------------
 # PyTorch's embedding losses.
 
 
-def _safe_unit(xp, x, eps):
-    """``(x / s, n / s, s)`` with ``n = sqrt(sum x^2 + eps)`` and ``s >= 1`` the row's power-of-two
-    scale (1 for rows below 1 in magnitude): the scaled pieces of ``x / n`` that cannot overflow."""
-    e, s = _row_scale(xp, xp.abs(x))
-    s = xp.where(e > 0, s, xp.ones_like(s))
-    n = _lp_norm(xp, x, 2, eps)
-    return x / _col(xp, s), n / s, n
+def _cosine_parts(xp, x1, x2, margin=0.0):
+    """PyTorch's ``cos = x1.x2 / sqrt((|x1|^2 + e)(|x2|^2 + e))``, ``1 - cos`` and the gradients of
+    ``cos``, without cancellation for nearly parallel rows.
 
+    Rows whose largest entry is at least 1 are divided by a power of two ``s`` near it (exact; ``e``
+    scaled to ``e1 = e / s1^2``), so nothing overflows; ``S11, S22, S12`` are the scaled dot products
+    (double-doubles, :func:`_dd_dot`) and ``n = sqrt(S + e)``. Both the gradient ``d cos / d x1 = (x2 (S11
+    + e1) - x1 S12) / (s1 n1^3 n2)`` and ``1 - cos`` cancel for nearly parallel rows; both are written
+    with the rejection ``r1 = x2 - (S12 / S11) x1`` (the quotient a double-double, ``r1`` accurate to
+    ulps of itself): ``d cos / d x1 = (S11 r1 + e1 x2) / (s1 n1^3 n2)`` and, where ``cos > 0``, ``1 - cos
+    = (G + e1 S22 + e2 S11 + e1 e2) / (n1 n2 (n1 n2 + S12))`` with the Gram determinant ``G = S11 |r1|^2``.
+    ``cos - margin`` (``minus_margin``) cancels near the hinge: it is ``(S12 - margin n1 n2) / (n1 n2)`` with
+    ``n1 n2`` a double-double (one Newton step on ``sqrt``).
+    Accurate to a few ulps, except for rows parallel to within the double-double's resolution
+    (``|r1| < 2^-100 |x2|``: ``D = 1``, say) with norms over ~100, where the ``e`` terms fall below
+    that resolution too (relative errors up to ``2^-106 |x|^2 / e``).
+    """
 
-def _cosine(xp, x1, x2):
-    """PyTorch's ``cos = x1.x2 / sqrt((|x1|^2 + e)(|x2|^2 + e))``, overflow-free, with the unit
-    vectors ``x / sqrt(|x|^2 + e)`` and those norms."""
-    u1, m1, n1 = _safe_unit(xp, x1, _TORCH_COSINE_EPSILON)
-    u2, m2, n2 = _safe_unit(xp, x2, _TORCH_COSINE_EPSILON)
-    cos = xp.sum(u1 * u2, axis=1) / (m1 * m2)
-    return cos, u1 / _col(xp, m1), u2 / _col(xp, m2), n1, n2
+    def scaled(x):
+        e, s = _row_scale(xp, xp.abs(x))
+        s = xp.where(e > 0, s, xp.ones_like(s))
+        return s, x / _col(xp, s), (_TORCH_COSINE_EPSILON / s) / s
+
+    def rejection(u, v, own_hi, own_lo, c_hi, c_lo):
+        # v - (c / own) u, with the quotient as a double-double (0 where own = 0)
+        zero = own_hi == 0
+        den = xp.where(zero, xp.ones_like(own_hi), own_hi)
+        t_hi = xp.where(zero, xp.zeros_like(c_hi), c_hi / den)
+        p, e = _two_prod(xp, t_hi, own_hi)
+        t_lo = (((c_hi - p) - e) + (c_lo - t_hi * own_lo)) / den
+        q, f = _two_prod(xp, _col(xp, t_hi), u)
+        return (v - q) - (f + _col(xp, t_lo) * u)
+
+    s1, u1, e1 = scaled(x1)
+    s2, u2, e2 = scaled(x2)
+    a_hi, a_lo = _dd_dot(xp, u1, u1)
+    b_hi, b_lo = _dd_dot(xp, u2, u2)
+    c_hi, c_lo = _dd_dot(xp, u1, u2)
+    r1 = rejection(u1, u2, a_hi, a_lo, c_hi, c_lo)
+    r2 = rejection(u2, u1, b_hi, b_lo, c_hi, c_lo)
+    big_a, big_b = a_hi + e1, b_hi + e2  # n1^2, n2^2
+    m = xp.sqrt(big_a * big_b)  # n1 n2
+    cos = c_hi / m
+    positive = cos > 0
+    gram = a_hi * xp.sum(r1 * r1, axis=1)
+    gap = (gram + (e1 * b_hi + e2 * a_hi + e1 * e2)) / (m * (m + xp.where(positive, c_hi, xp.zeros_like(c_hi))))
+    if margin:
+        big_a, lo_a = _two_sum(xp, a_hi, e1)
+        big_b, lo_b = _two_sum(xp, b_hi, e2)
+        ab_hi, ab_lo = _dd_mul(xp, big_a, a_lo + lo_a, big_b, b_lo + lo_b)
+        p, e = _two_prod(xp, m, m)
+        m_lo = (((ab_hi - p) - e) + ab_lo) / (2 * m)  # n1 n2 = m + m_lo
+        q, f = _two_prod(xp, xp.full_like(m, margin), m)
+        minus_margin = _dd_sub(xp, c_hi, c_lo, q, f + margin * m_lo) / m
+    else:
+        minus_margin = cos
+    return {
+        "cos": cos,
+        "minus_margin": minus_margin,
+        "one_minus": xp.where(positive, gap, 1 - cos),
+        "d1": (_col(xp, a_hi) * r1 + _col(xp, e1) * u2) / _col(xp, big_a * m * s1),
+        "d2": (_col(xp, b_hi) * r2 + _col(xp, e2) * u1) / _col(xp, big_b * m * s2),
+    }
 
 
 @loss(
@@ -802,31 +1173,33 @@ def cosine_embedding_loss(xp, input1, input2, target, *, margin):
     rounded to float32, in every dtype). It makes a zero vector give ``cos = 0``, so ``l = 1`` for
     ``y = 1`` (optax's ``cosine_distance`` gives NaN, Keras ``-0.0``). Computed with
     rows scaled by a power of two, so huge vectors do not overflow (PyTorch's product of squared
-    norms does beyond 1e77). A NaN target gives NaN (PyTorch: 0).
+    norms does beyond 1e77), and ``1 - cos`` (nearly parallel rows) and ``cos - margin`` (near the
+    hinge) without cancellation (:func:`_cosine_parts`). A NaN target gives NaN (PyTorch: 0).
 
     Gradient: ``d cos / d x1 = (x2^ - cos x1^) / n1`` with ``n = sqrt(|x|^2 + e)`` and ``x^ = x / n``
     (quotient rule on ``x1.x2 / (n1 n2)``, ``dn1/dx1 = x1 / n1``), symmetrically for ``x2``; times
     ``-1`` for ``y = 1`` and ``[cos - margin >= 0]`` for ``y = -1`` (PyTorch's ``clamp_min`` passes the
     gradient at the corner); 0 for other targets. For (nearly) parallel inputs the two terms cancel
-    to ``O(e / n1^3)``; the result is then accurate to a few ulps of ``1 / n1``, not of itself (as
-    PyTorch's autograd of the same expression).
+    (PyTorch's autograd of the same expression is then accurate to ulps of ``1 / n1`` only); refloss
+    writes the numerator of ``(x2 (|x1|^2 + e) - x1 (x1.x2)) / n1^3 n2`` with the rejection of ``x2``
+    from ``x1`` (:func:`_cosine_parts`), accurate to ulps of itself.
 
     Shapes: ``input1``, ``input2 (N, D)``, ``target (N,)``.
     """
-    cos, _, _, _, _ = _cosine(xp, input1, input2)
-    zero = xp.zeros_like(cos)
-    out = xp.where(target == 1, 1 - cos, zero) + xp.where(target == -1, _hinge(xp, cos - margin), zero)
+    parts = _cosine_parts(xp, input1, input2, margin)
+    zero = xp.zeros_like(parts["cos"])
+    out = xp.where(target == 1, parts["one_minus"], zero) + xp.where(target == -1, _hinge(xp, parts["minus_margin"]), zero)
     return _propagate_nan(xp, out, target)
 
 
 @cosine_embedding_loss.defvjp
 def _cosine_embedding_vjp(xp, cot, input1, input2, target, *, margin):
-    cos, h1, h2, n1, n2 = _cosine(xp, input1, input2)
+    parts = _cosine_parts(xp, input1, input2, margin)
+    cos = parts["cos"]
     zero = xp.zeros_like(cos)
-    slope = xp.where(target == 1, -xp.ones_like(cos), zero) + xp.where((target == -1) & (cos - margin >= 0), xp.ones_like(cos), zero)
+    slope = xp.where(target == 1, -xp.ones_like(cos), zero) + xp.where((target == -1) & (parts["minus_margin"] >= 0), xp.ones_like(cos), zero)
     g = _col(xp, cot * slope)
-    c = _col(xp, cos)
-    return g * (h2 - c * h1) / _col(xp, n1), g * (h1 - c * h2) / _col(xp, n2), None
+    return g * parts["d1"], g * parts["d2"], None
 
 
 @loss(

@@ -7,6 +7,7 @@ Both are differentiable; the target's gradient is minus the input's unless state
 
 from __future__ import annotations
 
+import decimal
 import math
 
 import array_api_compat
@@ -248,6 +249,18 @@ def _poisson_vjp(xp, cot, input, target, *, log_input, full, eps):
     return cot * d_input, None
 
 
+def _gaussian_nll_frozen(xp, base, input, target, var, *, full, eps):
+    """The straight-through clamp as a stop-gradient: ``v = var + (max(var0, eps) - var0)`` with the
+    shift frozen at ``var0 = base[2]`` (PyTorch's in-place clamp under ``no_grad``)."""
+    return _gaussian_nll(xp, input, target, var + (xp.maximum(base[2], eps) - base[2]), full)
+
+
+def _gaussian_nll(xp, input, target, v, full):
+    d = input - target
+    out = 0.5 * (xp.log(v) + d * d / v)
+    return out + 0.5 * math.log(2 * math.pi) if full else out
+
+
 @loss(
     family="regression",
     inputs=[_INPUT, _TARGET, Input("var", shape="broadcast", values=(0.0, math.inf), domain=D.variances,
@@ -256,6 +269,7 @@ def _poisson_vjp(xp, cot, input, target, *, log_input, full, eps):
         Param("full", False, kind="bool", grid=(True,), doc="add log(2 pi) / 2"),
         Param("eps", 1e-6, low=0.0, low_open=True, doc="variances are clamped to at least eps"),
     ],
+    stop_gradient=_gaussian_nll_frozen,
     counterparts={"torch": "torch.nn.functional.gaussian_nll_loss"},
     references=["PyTorch torch/nn/functional.py (gaussian_nll_loss)", "Nix & Weigend, ICNN 1994"],
 )
@@ -266,15 +280,14 @@ def gaussian_nll_loss(xp, input, target, var, *, full, eps):
 
     The clamp follows PyTorch: ``eps`` clamps, it is not added, and the gradient passes straight
     through the clamp (PyTorch clamps a clone in place under ``no_grad``): for ``var < eps`` the
-    variance gets ``(1/v - d^2/v^2) / 2`` at ``v = eps``, not 0. Negative variances are rejected.
+    variance gets ``(1/v - d^2/v^2) / 2`` at ``v = eps``, not 0. Declared as a stop-gradient: the
+    VJP is the derivative of ``v = var + (max(var0, eps) - var0)`` with ``var0`` frozen. Negative
+    variances are rejected.
 
     Gradients: ``d l / d input = d / v``, ``d l / d target = -d / v``,
     ``d l / d var = (1 / v - d^2 / v^2) / 2`` summed over broadcast dimensions.
     """
-    v = xp.maximum(var, eps)
-    d = input - target
-    out = 0.5 * (xp.log(v) + d * d / v)
-    return out + 0.5 * math.log(2 * math.pi) if full else out
+    return _gaussian_nll(xp, input, target, xp.maximum(var, eps), full)
 
 
 @gaussian_nll_loss.defvjp
@@ -305,19 +318,52 @@ def balanced_l1_loss(xp, input, target, *, alpha, gamma, beta):
 
     Continuous at ``t = beta`` (``alpha log(1 + b) = gamma``); differentiable there only for ``beta = 1``.
 
-    Gradient: ``sign(d) [alpha log(1 + b t / beta) + alpha (b t + 1) / (b t + beta) - alpha]`` inside,
-    ``gamma sign(d)`` outside.
+    The inside branch cancels to ``alpha b t^2 / (2 beta)`` for small ``t`` (and to first order for
+    any ``t`` with ``beta = 1``); it is computed without cancellation as (:func:`_balanced_inside`)
+    ``alpha t s (1 + s (1 + s) B(s)) + (alpha / b) (1 - beta) log(1 + u)`` with ``u = b t / beta``,
+    ``s = u / (2 + u)`` and ``B(s) = (atanh(s) - s) / s^3 = 1/3 + s^2/5 + ...`` (from ``log(1 + u) =
+    2 atanh(s)``), and ``b`` is rounded once from its exact value.
+
+    Gradient: ``sign(d) alpha [log(1 + u) + (1 - beta) / (b t + beta)]`` inside, ``gamma sign(d)`` outside.
     """
     t = xp.abs(input - target)
-    b = math.exp(gamma / alpha) - 1
-    inside = (alpha / b) * (b * t + 1) * xp.log1p(b * t / beta) - alpha * t
-    return xp.where(t < beta, inside, gamma * t + gamma / b - alpha * beta)
+    b = _balanced_b(alpha, gamma)
+    inside = t < beta
+    t_in = xp.where(inside, t, xp.zeros_like(t))  # no inf / inf (or NaN) in the branch not taken
+    return xp.where(inside, _balanced_inside(xp, t_in, alpha, beta, b), gamma * t + gamma / b - alpha * beta)
+
+
+def _balanced_b(alpha, gamma):
+    """``e^(gamma/alpha) - 1`` correctly rounded (``math.exp(gamma / alpha)`` rounds the quotient
+    first, an error of ``gamma/alpha`` ulps in ``b``)."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        return float((decimal.Decimal(gamma) / decimal.Decimal(alpha)).exp() - 1)
+
+
+# B(s) = sum_k s^(2k) / (2k + 3), to 2^-56 for s <= 0.7 (0.49^54 / 111 < 2^-56)
+_ATANH_TAIL = tuple(1.0 / (2 * k + 3) for k in range(54))
+
+
+def _balanced_inside(xp, t, alpha, beta, b):
+    u = (b * t) / beta
+    s = u / (2 + u)
+    s2 = s * s
+    series = xp.full_like(s, _ATANH_TAIL[-1])
+    for c in reversed(_ATANH_TAIL[:-1]):
+        series = series * s2 + c
+    big = s > 0.7
+    s_big = xp.where(big, s, xp.ones_like(s))
+    closed = (0.5 * xp.log1p(xp.where(big, u, xp.ones_like(u))) - s_big) / (s_big * s_big * s_big)
+    tail = xp.where(big, closed, series)
+    out = (alpha * t) * s * (1 + s * (1 + s) * tail)
+    return out if beta == 1 else out + (alpha / b) * (1 - beta) * xp.log1p(u)
 
 
 @balanced_l1_loss.defvjp
 def _balanced_l1_vjp(xp, cot, input, target, *, alpha, gamma, beta):
     d = input - target
     t = xp.abs(d)
-    b = math.exp(gamma / alpha) - 1
-    inside = alpha * xp.log1p(b * t / beta) + alpha * (b * t + 1) / (b * t + beta) - alpha
+    b = _balanced_b(alpha, gamma)
+    inside = alpha * (xp.log1p((b * t) / beta) + (1 - beta) / (b * t + beta))
     return _input_and_target(cot * xp.sign(d) * xp.where(t < beta, inside, xp.full_like(t, gamma)))

@@ -127,7 +127,14 @@ def _activation_vjp(xp, g, p, q, activation):
     if activation == "sigmoid":
         return g * p * q
     if activation == "softmax":
-        return p * (g - xp.sum(p * g, axis=1, keepdims=True))
+        # p_c (g_c - sum_j p_j g_j), with g measured from r = g at the most probable class (sum_j p_j = 1):
+        # (g_c - r) - sum_j p_j (g_j - r). For that class the factor is -sum_{j != c} p_j (g_j - r), of the
+        # size of the result (the plain form subtracts two O(|g|) numbers to get O((1 - p_c) |g|)), and
+        # equal g's (a symmetric pixel) give exactly 0, not the rounding of sum_j p_j.
+        top = xp.argmax(p, axis=1, keepdims=True)
+        r = xp.take_along_axis(g, top, axis=1)
+        gr = g - r
+        return p * (gr - xp.sum(p * gr, axis=1, keepdims=True))
     return g
 
 
@@ -311,23 +318,32 @@ def _core(xp, x, y, *, formula, conv, activation, include_background, gamma=None
             g_den_l = g_den_l - xp.where(ok, zero, g / eps)
         gl = xp.zeros_like(pf)
         gs = xp.zeros_like(pf)
+        # |terms| of each form: per element, the form whose terms are smaller cancels less (soft
+        # targets: neither form is free of cancellation, e.g. dice's S - 2y; the smaller terms win)
+        al = xp.zeros_like(pf)
+        as_ = xp.zeros_like(pf)
         for k, grad in _BASIS_GRAD.items():
             if not any(k in c for c in (num_c, den_c, err_c)):
                 continue
             dk = grad(pf, yf, d)
-            for acc, coef in (
-                ("l", err_c.get(k, 0.0) * g_err + den_c.get(k, 0.0) * g_den_l),
-                ("s", num_c.get(k, 0.0) * g_num_s + den_c.get(k, 0.0) * g_den_s),
+            for acc, coefs in (
+                ("l", (err_c.get(k, 0.0) * g_err, den_c.get(k, 0.0) * g_den_l)),
+                ("s", (num_c.get(k, 0.0) * g_num_s, den_c.get(k, 0.0) * g_den_s)),
             ):
-                gk = _aggregate_vjp(xp, coef, agg, sums["G"])
-                if w is not None:
-                    gk = gk * w
-                term = xp.expand_dims(gk, axis=2) * dk
+                size = 0.0
+                term = 0.0
+                for coef in coefs:
+                    gk = _aggregate_vjp(xp, coef, agg, sums["G"])
+                    if w is not None:
+                        gk = gk * w
+                    t = xp.expand_dims(gk, axis=2) * dk
+                    term = term + t
+                    size = size + xp.abs(t)
                 if acc == "l":
-                    gl = gl + term
+                    gl, al = gl + term, al + size
                 else:
-                    gs = gs + term
-        g_p = xp.where(yf == 0, gs, gl)
+                    gs, as_ = gs + term, as_ + size
+        g_p = xp.where(as_ <= al, gs, gl)
         g_p = xp.reshape(g_p, p_full.shape)
         if drop:
             zero = xp.zeros_like(x[:, :1, ...])
@@ -599,23 +615,39 @@ def _generalized_dice_loss_vjp(xp, cot, input, target, *, w_type, activation, in
 # Lovasz: sort, then the Lovasz extension of the Jaccard loss (bermanmaxim/LovaszSoftmax).
 
 
-def _lovasz_sorted(xp, errors, fg):
+def _lovasz_sorted(xp, errors, fg, complement=None):
     """Sort ``errors`` (rows of ``(B, M)``) in decreasing order and return ``(order, e_sorted, grad)``,
     ``grad`` the Lovasz gradient of the Jaccard loss at the sorted ground truth (Berman's
-    ``lovasz_grad``: ``J_k = 1 - (G - cumsum(fg)_k) / (G + cumsum(1 - fg)_k)``, differenced).
+    ``lovasz_grad``: ``J_k = 1 - (G - cumsum(fg)_k) / (G + cumsum(1 - fg)_k)``, its increments in
+    closed form). ``complement`` (``1 - errors``, exact) breaks the ties of errors that differ below
+    an ulp of 1.
 
     Ties: a stable descending sort keeps tied errors in index order. The value does not depend on
     the order among ties (the Lovasz extension is continuous); the gradient does (``torch.sort`` is
     not stable, so PyTorch's order among ties is unspecified)."""
-    order = xp.argsort(errors, axis=-1, descending=True, stable=True)
+    if complement is None:
+        order = xp.argsort(errors, axis=-1, descending=True, stable=True)
+    else:
+        # errors that round to the same float (1 - 1e-30 and 1 - 1e-40 are both 1.0) are ordered by
+        # their exact complements 1 - e, smallest first: a stable sort by the complement, then by e
+        first = xp.argsort(complement, axis=-1, stable=True)
+        by_e = xp.argsort(xp.take_along_axis(errors, first, axis=-1), axis=-1, descending=True, stable=True)
+        order = xp.take_along_axis(first, by_e, axis=-1)
     e_s = xp.take_along_axis(errors, order, axis=-1)
     fg_s = xp.take_along_axis(fg, order, axis=-1)
     gts = xp.sum(fg_s, axis=-1, keepdims=True)
     inter = gts - xp.cumulative_sum(fg_s, axis=-1)
     union = gts + xp.cumulative_sum(1 - fg_s, axis=-1)  # >= 1: no 0/0
     jac = 1 - inter / union
-    prev = xp.concat([xp.zeros_like(jac[..., :1]), jac], axis=-1)[..., :-1]
-    return order, e_s, jac - prev
+    # The increments J_k - J_{k-1} in closed form instead of differenced (which cancels to a few ulp
+    # of J): with i, u the intersection and union before step k, J_k - J_{k-1} = (i (1 - fg_k) + fg_k u)
+    # / (u (u + 1 - fg_k)), a ratio of non-negative terms; at k = 1 with u = 0 (no foreground) it is J_1.
+    i_prev = inter + fg_s
+    u_prev = union - (1 - fg_s)
+    pos = u_prev > 0
+    u_safe = xp.where(pos, u_prev, xp.ones_like(u_prev))
+    step = (i_prev * (1 - fg_s) + fg_s * u_safe) / (u_safe * union)
+    return order, e_s, xp.where(pos, step, jac)
 
 
 def _unsort(xp, g_sorted, order):
@@ -683,7 +715,8 @@ def _lovasz_softmax_parts(xp, input, target, classes, per_image, activation):
     p, q = _activate(xp, input, activation)
     pr, qr, fg = _class_rows(xp, p, per_image), _class_rows(xp, q, per_image), _class_rows(xp, target, per_image)
     d = pr * (1 - fg) - qr * fg  # p - fg without cancellation
-    order, e_s, g = _lovasz_sorted(xp, xp.abs(d), fg)
+    comp = xp.where(fg == 1, pr, xp.where(fg == 0, qr, 1 - xp.abs(d)))  # 1 - |p - fg|, exactly at hard fg
+    order, e_s, g = _lovasz_sorted(xp, xp.abs(d), fg, comp)
     per_class = xp.sum(e_s * g, axis=-1)
     if classes == "present":
         present = xp.astype(xp.sum(fg, axis=-1) > 0, p.dtype)

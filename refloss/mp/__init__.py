@@ -56,6 +56,7 @@ FAMILIES = ("classification", "distribution", "regression", "embedding", "box", 
 START_DPS = 50
 MAX_DPS = 3200
 TIE_DPS = 200
+_TIE_SEARCH_DPS = 400  # a comparison still undecided at this many digits is taken as an exact tie
 _REL_WIDTH = 2.0**-80
 _STEP = 2.0**-100
 _GUARD_DPS = 45
@@ -230,11 +231,13 @@ def _certify(fn):
             if _narrow(out):
                 return np.asarray(np.frompyfunc(_point, 1, 1)(out), dtype=object).reshape(out.shape), dps
         except (ValueError, ZeroDivisionError, TypeError):
-            break  # an undecidable comparison (or an operation intervals do not offer): a tie
+            # an undecidable comparison: an exact tie, or too few digits to separate the two sides
+            if dps >= _TIE_SEARCH_DPS:
+                break
         finally:
             mpmath.iv.dps = saved
         dps *= 2
-    with mpmath.workdps(TIE_DPS if dps <= MAX_DPS else MAX_DPS):
+    with mpmath.workdps(max(TIE_DPS, min(dps, MAX_DPS))):
         try:
             out = np.asarray(fn(mpmath.mp), dtype=object)
         except ZeroDivisionError:
@@ -278,39 +281,66 @@ def gradient(name: str, inputs, params: dict, cotangent, which, *, stop_gradient
     """Left and right derivatives of ``sum(cotangent * loss(inputs))`` w.r.t. each input in ``which``.
 
     ``cotangent``: an array of the output's shape (1 for a reduced loss). With ``stop_gradient`` the
-    oracle's frozen intermediates stay at ``inputs`` (``base=``) while the inputs move. The
-    differences are taken in point arithmetic at the digits that certified the value plus
-    :data:`_GUARD_DPS`, which covers the ~30 digits a step of 2^-100 cancels.
+    oracle's frozen intermediates stay at ``inputs`` (``base=``) while the inputs move.
+
+    Precision: the divided differences ``(F(x + h) - F(x)) / h`` cancel the digits of ``F`` that the
+    step does not move; an element whose share of ``F`` is tiny (one far-out row among many) cancels
+    more. Each difference is taken in point arithmetic starting at the digits that certified the value
+    plus :data:`_GUARD_DPS`, and an element is accepted once the rounding bound
+    ``(4 |F(digits) - F(digits + 20)| + |F| 10^-(digits - 10)) / h`` is below 2^-70 of the larger of its own derivative and the largest
+    derivative of its input (the normwise policy needs no more); otherwise the digits double, up to
+    :data:`MAX_DPS`.
     """
     _known(name)
     inputs = [np.asarray(a) for a in inputs]
     base = [a.copy() for a in inputs] if stop_gradient else None
     _, dps = evaluate(name, inputs, params, base)
     M = mpmath.mp
+    cot = np.asarray(cotangent, dtype=np.float64)
     result = []
-    with mpmath.workdps((dps or TIE_DPS) + _GUARD_DPS):
-        c = ops(M).array(np.asarray(cotangent, dtype=np.float64))
-        const = [ops(M).array(a) for a in inputs]
+    for k in which:
+        x = inputs[k]
+        left = np.empty(x.shape, dtype=object)
+        right = np.empty(x.shape, dtype=object)
+        scale = float(np.max(np.abs(x))) if x.size else 1.0
+        pending = list(np.ndindex(x.shape))
+        largest = mpmath.mpf(0)
+        digits = (dps or TIE_DPS) + _GUARD_DPS
+        while pending:
+            with mpmath.workdps(digits):
+                c = ops(M).array(cot)
+                const = [ops(M).array(a) for a in inputs]
 
-        def F(args):
-            return M.fsum(np.asarray(_run(name, M, args, params, base) * c, dtype=object).ravel().tolist())
+                def F(args):
+                    return M.fsum(np.asarray(_run(name, M, args, params, base) * c, dtype=object).ravel().tolist())
 
-        f0 = F(const)
-        for k in which:
-            x = inputs[k]
-            left = np.empty(x.shape, dtype=object)
-            right = np.empty(x.shape, dtype=object)
-            scale = float(np.max(np.abs(x))) if x.size else 1.0
-            for idx in np.ndindex(x.shape):
-                xi = float(x[idx])
-                h = M.mpf(_STEP) * (abs(xi) if xi != 0 else (scale or 1.0))
-                args = list(const)
-                args[k] = const[k].copy()
-                args[k][idx] = M.mpf(xi) - h
-                left[idx] = (f0 - F(args)) / h
-                args[k][idx] = M.mpf(xi) + h
-                right[idx] = (F(args) - f0) / h
-            result.append(Gradient(left, right))
+                f0 = F(const)
+                with mpmath.workdps(digits + 20):  # F's own rounding error, measured (cancellation in F included)
+                    drift = abs(F([ops(M).array(a) for a in inputs]) - f0)
+                found = {}
+                for idx in pending:
+                    xi = float(x[idx])
+                    h = M.mpf(_STEP) * (abs(xi) if xi != 0 else (scale or 1.0))
+                    args = list(const)
+                    args[k] = const[k].copy()
+                    args[k][idx] = M.mpf(xi) - h
+                    lo = (f0 - F(args)) / h
+                    args[k][idx] = M.mpf(xi) + h
+                    hi = (F(args) - f0) / h
+                    bound = (4 * drift + abs(f0) * mpmath.mpf(10) ** (10 - digits)) / h
+                    found[idx] = (lo, hi, bound)
+                    if bound * 2**70 <= max(abs(lo), abs(hi)):
+                        largest = max(largest, abs(lo), abs(hi))
+                last = digits * 2 > MAX_DPS
+                still = []
+                for idx, (lo, hi, bound) in found.items():
+                    if last or bound * 2**70 <= max(abs(lo), abs(hi), largest):
+                        left[idx], right[idx] = +lo, +hi
+                    else:
+                        still.append(idx)
+                pending = still
+            digits *= 2
+        result.append(Gradient(left, right))
     return result
 
 
