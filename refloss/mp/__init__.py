@@ -58,6 +58,7 @@ MAX_DPS = 3200
 TIE_DPS = 200
 _TIE_SEARCH_DPS = 400  # a comparison still undecided at this many digits is taken as an exact tie
 _REL_WIDTH = 2.0**-80
+_FLOAT64_BELOW = mpmath.mpf(2) ** -1100 if mpmath else 0.0
 _STEP = 2.0**-100
 _GUARD_DPS = 45
 
@@ -204,6 +205,8 @@ def _narrow(out) -> bool:
             continue
         if not (mpmath.isfinite(a) and mpmath.isfinite(b)):
             return False
+        if b - a <= _FLOAT64_BELOW:  # narrower than float64 can resolve anywhere (e^-10000 needs no 3200 digits)
+            continue
         mid = abs(v.mid)
         if mid == 0 or (b - a) > _REL_WIDTH * mid:
             return False
