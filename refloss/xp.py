@@ -254,3 +254,90 @@ def to_numpy(x):
         return np.asarray(x)
     except Exception:  # noqa: BLE001 - array-api-strict and friends go through DLPack
         return np.from_dlpack(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Double-double pieces (Dekker, Knuth; Ogita, Rump, Oishi, "Accurate sum and dot product", 2005) for
+# the few quantities that cancel (a difference of squared norms, ``||x|| - R``, ``1 - cos``, box areas
+# ``U - I``). A pair
+# ``(hi, lo)`` stands for ``hi + lo``; the error-free transformations below are exact in IEEE
+# double arithmetic (no FMA contraction) for finite arguments whose products do not overflow.
+
+
+
+def _split_constants(xp, dtype):
+    """Veltkamp's splitter ``2^h + 1`` (``h = ceil(t / 2)`` for ``t``-bit significands: 2^27 + 1 for
+    float64) and the magnitude below which the split cannot overflow (2^995 for float64)."""
+    fi = xp.finfo(dtype)
+    t = round(-math.log2(float(fi.eps))) + 1
+    h = (t + 1) // 2
+    return 2.0**h + 1, 2.0 ** (math.floor(math.log2(float(fi.max))) - h - 1)
+
+
+def two_sum(xp, a, b):
+    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e = a + b`` exactly (Knuth); ``e = 0`` where ``s``
+    is not finite (computed from zeros there, so that no ``inf - inf`` is ever formed)."""
+    s = a + b
+    fin = xp.isfinite(s)
+    a0, b0 = xp.where(fin, a, xp.zeros_like(s)), xp.where(fin, b, xp.zeros_like(s))
+    s0 = a0 + b0
+    bb = s0 - a0
+    return s, (a0 - (s0 - bb)) + (b0 - bb)
+
+
+def two_prod(xp, a, b):
+    """``(p, e)`` with ``p = fl(a b)`` and ``p + e = a b`` exactly (Dekker, Veltkamp's split), for
+    ``|a|, |b| < 2^995`` (float64; 2^114 for float32); ``e = 0`` elsewhere and where ``p`` is not finite."""
+    p = a * b
+    splitter, bound = _split_constants(xp, p.dtype)
+
+    def split(x):
+        c = splitter * x
+        hi = c - (c - x)
+        return hi, x - hi
+
+    ok = xp.isfinite(p) & (xp.abs(a) < bound) & (xp.abs(b) < bound)
+    a0, b0 = xp.where(ok, a, xp.zeros_like(p)), xp.where(ok, b, xp.zeros_like(p))
+    p0 = a0 * b0
+    ah, al = split(a0)
+    bh, bl = split(b0)
+    return p, ((ah * bh - p0) + ah * bl + al * bh) + al * bl
+
+
+def dd_sum(xp, hi, lo):
+    """``sum(hi + lo)`` along the last axis as a double-double, by pairwise :func:`two_sum` (Sum2
+    in tree order): the result is within ``~2^-104 sum |hi|`` of the exact sum."""
+    if hi.shape[-1] == 0:
+        zero = xp.sum(hi, axis=-1)
+        return zero, zero
+    while hi.shape[-1] > 1:
+        if hi.shape[-1] % 2:
+            pad = xp.zeros_like(hi[..., :1])
+            hi, lo = xp.concat([hi, pad], axis=-1), xp.concat([lo, pad], axis=-1)
+        s, e = two_sum(xp, hi[..., 0::2], hi[..., 1::2])
+        hi, lo = s, lo[..., 0::2] + lo[..., 1::2] + e
+    return renormalise(xp, hi[..., 0], lo[..., 0])
+
+
+def renormalise(xp, hi, lo):
+    s = hi + lo
+    fin = xp.isfinite(s)
+    return s, xp.where(fin, lo, xp.zeros_like(lo)) - (xp.where(fin, s, xp.zeros_like(s)) - xp.where(fin, hi, xp.zeros_like(hi)))
+
+
+def dd_dot(xp, a, b):
+    """Row-wise ``a . b`` (last axis) as a double-double (Dot2)."""
+    p, e = two_prod(xp, a, b)
+    return dd_sum(xp, p, e)
+
+
+def dd_mul(xp, a_hi, a_lo, b_hi, b_lo):
+    """``(a_hi + a_lo)(b_hi + b_lo)`` as a double-double (the ``lo lo`` term dropped)."""
+    p, e = two_prod(xp, a_hi, b_hi)
+    return renormalise(xp, p, e + (a_hi * b_lo + a_lo * b_hi))
+
+
+def dd_sub(xp, a_hi, a_lo, b_hi, b_lo):
+    """``(a_hi + a_lo) - (b_hi + b_lo)`` rounded to double: exact cancellation of the high parts."""
+    s, e = two_sum(xp, a_hi, -b_hi)
+    return s + (e + (a_lo - b_lo))

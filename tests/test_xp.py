@@ -119,3 +119,26 @@ def test_softmax_complement_keeps_relative_precision(xp):
         want = [float(1 - mpmath.exp(mpmath.mpf(v)) / total) for v in row]
         np.testing.assert_allclose(out, want, rtol=4e-16, atol=0)
     assert np.isnan(to_numpy(shim.softmax_complement(_arr(xp, [[-math.inf, -math.inf]]), axis=1))).all()
+
+
+def test_error_free_transformations_are_exact():
+    from fractions import Fraction
+
+    from refloss.xp import dd_dot, two_prod, two_sum
+
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal(200) * 10.0 ** rng.uniform(-30, 30, 200)
+    b = rng.standard_normal(200) * 10.0 ** rng.uniform(-30, 30, 200)
+    s, e = two_sum(np, a, b)
+    p, f = two_prod(np, a, b)
+    for k in range(200):
+        assert Fraction(s[k]) + Fraction(e[k]) == Fraction(a[k]) + Fraction(b[k])
+        assert Fraction(p[k]) + Fraction(f[k]) == Fraction(a[k]) * Fraction(b[k])
+    # a dot product that cancels 8 digits of its terms: within ~2^-104 of the terms' size (Dot2), so
+    # far more accurate than the ~2^-53 * 1e16 a float64 dot product can promise
+    x = np.array([1e8, 1.0, -1e8, 1e-9])
+    y = np.array([1e8 + 1, 3.0, 1e8, 7.0])
+    hi, lo = dd_dot(np, x, y)
+    exact = sum(Fraction(u) * Fraction(v) for u, v in zip(x, y))
+    terms = sum(abs(Fraction(u) * Fraction(v)) for u, v in zip(x, y))
+    assert abs(Fraction(hi) + Fraction(lo) - exact) <= terms * Fraction(1, 2**100)

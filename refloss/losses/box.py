@@ -91,7 +91,7 @@ import numpy as np
 
 from .. import domains as D
 from ..loss import Input, Param, _fail, loss
-from ..xp import namespace
+from ..xp import dd_mul, namespace, renormalise, two_sum
 
 __all__ = [
     "BOX_FORMATS",
@@ -212,40 +212,22 @@ def _safe(xp, den):
 
 
 class _DD:
-    """Double-double arithmetic on arrays (Dekker/Knuth error-free transformations, + - * only): a value
-    is a pair ``(hi, lo)`` with ``hi + lo`` exact to about twice the working precision."""
+    """Double-double values ``(hi, lo)`` on arrays, on top of the shim's error-free transformations
+    (:func:`refloss.xp.two_sum`, :func:`refloss.xp.dd_mul`): ``+ - *`` only."""
 
-    def __init__(self, xp, dtype):
+    def __init__(self, xp):
         self.xp = xp
-        bits = round(-math.log2(float(xp.finfo(dtype).eps))) + 1
-        self.K = float(2 ** ((bits + 1) // 2) + 1)  # Veltkamp's splitter: 2^27 + 1 for float64
 
     def const(self, c, like):
         return (self.xp.full_like(like, c), self.xp.zeros_like(like))
 
-    @staticmethod
-    def _two_sum(a, b):
-        s = a + b
-        bb = s - a
-        return s, (a - (s - bb)) + (b - bb)
-
-    @staticmethod
-    def _fast(s, e):
-        t = s + e
-        return t, e - (t - s)
-
-    def _split(self, a):
-        c = self.K * a
-        hi = c - (c - a)
-        return hi, a - hi
-
     def sub(self, a, b):
         """``a - b`` exactly, from two working-precision arrays."""
-        return self._two_sum(a, -b)
+        return two_sum(self.xp, a, -b)
 
     def add(self, x, y):
-        s, e = self._two_sum(x[0], y[0])
-        return self._fast(s, e + (x[1] + y[1]))
+        s, e = two_sum(self.xp, x[0], y[0])
+        return renormalise(self.xp, s, e + (x[1] + y[1]))
 
     def neg(self, x):
         return (-x[0], -x[1])
@@ -255,12 +237,7 @@ class _DD:
         return (k * x[0], k * x[1])
 
     def mul(self, x, y):
-        a, b = x[0], y[0]
-        p = a * b
-        ah, al = self._split(a)
-        bh, bl = self._split(b)
-        e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
-        return self._fast(p, e + (a * y[1] + x[1] * b))
+        return dd_mul(self.xp, x[0], x[1], y[0], y[1])
 
     def where(self, m, x, other):
         return (self.xp.where(m, x[0], other), self.xp.where(m, x[1], self.xp.zeros_like(other)))
@@ -287,7 +264,7 @@ def _geometry(xp, pred, target, kind, convention, fmt):
     # The areas in double-double (exact differences and products, see _dd_*): U = A + Ag - I and
     # U - I cancel for overlapping boxes, and the whole loss and its gradient inherit their error.
     # The value of I is the same under the strict mask and the clamp (0 unless iw > 0 and ih > 0).
-    dd = _DD(xp, x1.dtype)
+    dd = _DD(xp)
     m = (iw > 0) & (ih > 0)
     hd, Hd = dd.sub(y2, y1), dd.sub(Y2, Y1)
     if cfg["h_eps"] == "area":
@@ -418,7 +395,6 @@ def _backward(xp, cot, g, mode, fmt, alpha_gradient="detached"):
     G = {k: zero for k in ("x1", "y1", "x2", "y2", "X1", "Y1", "X2", "Y2")}
     g_w = g_h = g_W = g_H = g_cw = g_ch = g_U = zero
     # IoU = I / Ud: its derivative is added in closed form at the end (_iou_grads), with coefficient c_iou
-    Ud = _safe(xp, g["Ud"])
     c_iou = g_iou
     g_I = g_Ud = zero
     if kind == "giou":

@@ -28,6 +28,7 @@ import array_api_compat
 
 from .. import domains as D
 from ..loss import Input, Param, loss
+from ..xp import two_sum as _two_sum, two_prod as _two_prod, dd_sum as _dd_sum, dd_dot as _dd_dot, dd_mul as _dd_mul, dd_sub as _dd_sub, renormalise as _renormalise  # double-double pieces
 from ..xp import namespace, one_hot, sum_to_shape, xmul
 
 # ------------------------------------------------------------------------------------------------
@@ -92,91 +93,6 @@ def _lp_norm_grad(xp, v, norm, p):
     else:
         g = xp.sign(v) * (xp.abs(v) / den) ** (p - 1)
     return xp.where(xp.expand_dims(zero, axis=-1), xp.zeros_like(g), g)
-
-
-# Double-double pieces (Dekker, Knuth; Ogita, Rump, Oishi, "Accurate sum and dot product", 2005) for
-# the few quantities that cancel: a difference of squared norms, ``||x|| - R``, ``1 - cos``. A pair
-# ``(hi, lo)`` stands for ``hi + lo``; the error-free transformations below are exact in IEEE
-# double arithmetic (no FMA contraction) for finite arguments whose products do not overflow.
-
-
-
-def _split_constants(xp, dtype):
-    """Veltkamp's splitter ``2^h + 1`` (``h = ceil(t / 2)`` for ``t``-bit significands: 2^27 + 1 for
-    float64) and the magnitude below which the split cannot overflow (2^995 for float64)."""
-    fi = xp.finfo(dtype)
-    t = round(-math.log2(float(fi.eps))) + 1
-    h = (t + 1) // 2
-    return 2.0**h + 1, 2.0 ** (math.floor(math.log2(float(fi.max))) - h - 1)
-
-
-def _two_sum(xp, a, b):
-    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e = a + b`` exactly (Knuth); ``e = 0`` where ``s``
-    is not finite (computed from zeros there, so that no ``inf - inf`` is ever formed)."""
-    s = a + b
-    fin = xp.isfinite(s)
-    a0, b0 = xp.where(fin, a, xp.zeros_like(s)), xp.where(fin, b, xp.zeros_like(s))
-    s0 = a0 + b0
-    bb = s0 - a0
-    return s, (a0 - (s0 - bb)) + (b0 - bb)
-
-
-def _two_prod(xp, a, b):
-    """``(p, e)`` with ``p = fl(a b)`` and ``p + e = a b`` exactly (Dekker, Veltkamp's split), for
-    ``|a|, |b| < 2^995`` (float64; 2^114 for float32); ``e = 0`` elsewhere and where ``p`` is not finite."""
-    p = a * b
-    splitter, bound = _split_constants(xp, p.dtype)
-
-    def split(x):
-        c = splitter * x
-        hi = c - (c - x)
-        return hi, x - hi
-
-    ok = xp.isfinite(p) & (xp.abs(a) < bound) & (xp.abs(b) < bound)
-    a0, b0 = xp.where(ok, a, xp.zeros_like(p)), xp.where(ok, b, xp.zeros_like(p))
-    p0 = a0 * b0
-    ah, al = split(a0)
-    bh, bl = split(b0)
-    return p, ((ah * bh - p0) + ah * bl + al * bh) + al * bl
-
-
-def _dd_sum(xp, hi, lo):
-    """``sum(hi + lo)`` along the last axis as a double-double, by pairwise :func:`_two_sum` (Sum2
-    in tree order): the result is within ``~2^-104 sum |hi|`` of the exact sum."""
-    if hi.shape[-1] == 0:
-        zero = xp.sum(hi, axis=-1)
-        return zero, zero
-    while hi.shape[-1] > 1:
-        if hi.shape[-1] % 2:
-            pad = xp.zeros_like(hi[..., :1])
-            hi, lo = xp.concat([hi, pad], axis=-1), xp.concat([lo, pad], axis=-1)
-        s, e = _two_sum(xp, hi[..., 0::2], hi[..., 1::2])
-        hi, lo = s, lo[..., 0::2] + lo[..., 1::2] + e
-    return _renormalise(xp, hi[..., 0], lo[..., 0])
-
-
-def _renormalise(xp, hi, lo):
-    s = hi + lo
-    fin = xp.isfinite(s)
-    return s, xp.where(fin, lo, xp.zeros_like(lo)) - (xp.where(fin, s, xp.zeros_like(s)) - xp.where(fin, hi, xp.zeros_like(hi)))
-
-
-def _dd_dot(xp, a, b):
-    """Row-wise ``a . b`` (last axis) as a double-double (Dot2)."""
-    p, e = _two_prod(xp, a, b)
-    return _dd_sum(xp, p, e)
-
-
-def _dd_mul(xp, a_hi, a_lo, b_hi, b_lo):
-    """``(a_hi + a_lo)(b_hi + b_lo)`` as a double-double (the ``lo lo`` term dropped)."""
-    p, e = _two_prod(xp, a_hi, b_hi)
-    return _renormalise(xp, p, e + (a_hi * b_lo + a_lo * b_hi))
-
-
-def _dd_sub(xp, a_hi, a_lo, b_hi, b_lo):
-    """``(a_hi + a_lo) - (b_hi + b_lo)`` rounded to double: exact cancellation of the high parts."""
-    s, e = _two_sum(xp, a_hi, -b_hi)
-    return s + (e + (a_lo - b_lo))
 
 
 def _split_cotangent(xp, cot):
