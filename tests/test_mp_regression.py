@@ -4,20 +4,19 @@ cases of every parameter path (value and gradients within 4 ulps), and oracle va
 from __future__ import annotations
 
 import math
-import zlib
 
 import numpy as np
 import pytest
 
 import refloss
 import refloss.mp as rmp
-from refloss.cases import param_paths, sample
+
+from certification import BOUND, check_certified, paths
 
 pytest.importorskip("mpmath")
 
 FAMILY = [loss for loss in refloss.catalog() if loss.family == "regression"]
 CASES_PER_PATH = 2
-BOUND = 4.0
 
 # Certificates known to exceed the bound, by loss: (predicate on the parameters, the quantities
 # allowed to, why). Each is reported; the test xfails (not strictly) where one of them does exceed.
@@ -31,38 +30,15 @@ KNOWN = {
 }
 
 
-def _key(params):
-    return ", ".join(f"{k}={'array' if hasattr(v, 'shape') else v}" for k, v in sorted(params.items()))
 
 
-def _paths():
-    for loss in FAMILY:
-        for params in param_paths(loss):
-            yield pytest.param(loss, params, id=f"{loss.name}[{_key(params)}]")
 
 
-def _certify_typical(loss, params, n=CASES_PER_PATH):
-    rng = np.random.default_rng(zlib.crc32(f"{loss.name}|{_key(params)}".encode()))
-    for _ in range(n):
-        case = sample(loss, params, "typical", rng)
-        out = loss(*case.inputs, **case.params)
-        cot = None if np.ndim(out) == 0 else rng.standard_normal(np.shape(out))
-        yield case, rmp.certify(loss, case.inputs, case.params, cot)
 
 
-@pytest.mark.parametrize("loss, params", list(_paths()))
+@pytest.mark.parametrize("loss, params", paths(FAMILY))
 def test_refloss_is_certified_by_the_oracle(loss, params):
-    allowed, why = set(), ""
-    if loss.name in KNOWN and KNOWN[loss.name][0](params):
-        _, allowed, why = KNOWN[loss.name]
-    known_excess = []
-    for case, cert in _certify_typical(loss, params):
-        errors = {"value": cert.value_ulp, **cert.grad_ulp}
-        over = {k: e for k, e in errors.items() if e > BOUND}
-        assert not {k: e for k, e in over.items() if k not in allowed}, (case.describe(), errors, cert.kinks)
-        known_excess += [(k, e) for k, e in over.items()]
-    if known_excess:
-        pytest.xfail(f"{why}: {known_excess}")
+    check_certified(loss, params, CASES_PER_PATH, KNOWN)
 
 
 def _value(name, inputs, **params):
