@@ -85,64 +85,85 @@ def is_integer(xp, x) -> bool:
     return xp.isdtype(x.dtype, "integral")
 
 
-def _shifted_parts(xp, x, axis):
-    """The pieces of a max-shifted logsumexp along ``axis`` (keepdims):
+def _shifted_parts(xp, x, axis, lo=None):
+    """The pieces of a max-shifted logsumexp of ``x + lo`` along ``axis`` (keepdims).
 
-    ``m`` the row maximum (0 in rows whose maximum is not finite), ``shifted = x - m`` (exact),
-    ``e = exp(shifted)``, ``rest = sum(e) - 1`` summed without the maximum's own ``1`` (so
-    ``log1p(rest)`` keeps full relative precision when the other terms are tiny), and ``finite``.
+    ``m`` is the row maximum of ``x`` (0 in rows whose maximum is not finite), ``shifted = fl(x - m)``
+    and ``corr`` the exact rest of the shift, ``(x - m - shifted) + (lo - lo_m)`` (TwoSum; ``lo_m`` the
+    low part at the maximum), so ``shifted + corr`` is the shifted input to ~2^-106. A rounded
+    ``x - m`` alone would be off by up to ``|x - m| 2^-53``, which ``exp`` turns into that many relative
+    ULPs of a saturated row's loss. ``e = exp(shifted) (1 + corr)`` and ``em1 = e - 1`` (from
+    ``expm1`` at the maximum, where it is small), ``rest = sum(e) - 1`` summed without the maximum's
+    own ``1`` (so ``log1p(rest)`` keeps full relative precision when the other terms are tiny), and
+    ``finite``. ``lo`` (same shape as ``x``, or None) is the low-order part of a double-double input.
     """
     m_raw = xp.max(x, axis=axis, keepdims=True)
     finite = xp.isfinite(m_raw)
     m = xp.where(finite, m_raw, xp.zeros_like(m_raw))
-    shifted = x - m
+    shifted, corr = two_sum(xp, x, -m)
+    lo_m = xp.zeros_like(m)
+    if lo is not None:
+        # the largest low part among the entries tied at the maximum: every shifted input stays <= 0
+        lo_m = xp.max(xp.where(x == m_raw, lo, xp.full_like(lo, -math.inf)), axis=axis, keepdims=True)
+        lo_m = xp.where(finite, lo_m, xp.zeros_like(lo_m))
+        corr = corr + xp.where(xp.isfinite(x), lo - lo_m, xp.zeros_like(lo))
+    corr = xp.where(finite, corr, xp.zeros_like(corr))
     at_max = (shifted == 0) & finite
-    e = xp.exp(shifted)
+    live = xp.where(finite, shifted, xp.zeros_like(shifted))  # rows with no finite maximum are masked later
+    e0 = xp.exp(live)
+    e = e0 + e0 * corr
+    em1 = xp.where(at_max, xp.expm1(xp.where(at_max, corr, xp.zeros_like(corr))), xp.expm1(live) + e0 * corr)
     ties = xp.sum(xp.astype(at_max, x.dtype), axis=axis, keepdims=True) - 1
-    rest = xp.sum(xp.where(at_max, xp.zeros_like(e), e), axis=axis, keepdims=True) + ties
+    rest = xp.sum(xp.where(at_max, em1, e), axis=axis, keepdims=True) + ties
     rest = xp.where(finite, rest, xp.zeros_like(rest))
-    return m_raw, finite, m, shifted, e, rest
+    return m_raw, finite, m, lo_m, shifted, corr, e, em1, rest
 
 
-def logsumexp(x, /, *, axis=-1, keepdims=False, xp=None):
+def logsumexp(x, /, *, axis=-1, keepdims=False, lo=None, xp=None):
     """``log(sum(exp(x), axis))`` as ``m + log1p(sum_{x_i < m} exp(x_i - m) + ties)``, ``m`` the maximum.
 
     Nothing overflows, and the result keeps full relative precision even when it is close to
-    ``m`` (scipy's formulation). A row of all ``-inf`` gives ``-inf``; a row containing ``+inf``
-    gives ``+inf``; NaN propagates.
+    ``m`` (scipy's formulation); the shift ``x_i - m`` is compensated (see :func:`log_softmax`).
+    ``lo``: the low-order part of a double-double input ``x + lo``. A row of all ``-inf`` gives
+    ``-inf``; a row containing ``+inf`` gives ``+inf``; NaN propagates.
     """
     xp = namespace(x) if xp is None else xp
-    m_raw, finite, m, _, _, rest = _shifted_parts(xp, x, axis)
-    out = xp.where(finite, m + xp.log1p(rest), m_raw)
+    m_raw, finite, m, lo_m, _, _, _, _, rest = _shifted_parts(xp, x, axis, lo)
+    # m + log1p(rest) cancels when the maximum is near -log1p(rest): TwoSum keeps the rounding
+    total, err = two_sum(xp, m, xp.log1p(rest))
+    out = xp.where(finite, total + (err + lo_m), m_raw)
     return out if keepdims else xp.squeeze(out, axis=axis)
 
 
-def log_softmax(x, /, *, axis=-1, xp=None):
-    """``(x - m) - log1p(rest)`` along ``axis`` (see :func:`logsumexp`): exact shift, then one small
-    correction, so each entry is accurate to a few ULP of itself, not of the row maximum.
+def log_softmax(x, /, *, axis=-1, lo=None, xp=None):
+    """``log_softmax(x + lo)_i = (shifted_i - log1p(rest)) + corr_i`` along ``axis``, where
+    ``shifted_i + corr_i = x_i + lo_i - max`` exactly (TwoSum): each entry is accurate to about one
+    ULP of itself, not of the row maximum, even when ``x_i - max`` is not representable.
 
-    Rows whose maximum is not finite (all ``-inf``, any ``+inf``, NaN) give NaN, as the value is
-    undefined there.
+    ``lo``: the low-order part of a double-double input (a margin loss's logits computed in
+    compensated arithmetic). Rows whose maximum is not finite (all ``-inf``, any ``+inf``, NaN)
+    give NaN, as the value is undefined there.
     """
     xp = namespace(x) if xp is None else xp
-    _, finite, _, shifted, _, rest = _shifted_parts(xp, x, axis)
-    return xp.where(finite, shifted - xp.log1p(rest), xp.full_like(shifted, math.nan))
+    _, finite, _, _, shifted, corr, _, _, rest = _shifted_parts(xp, x, axis, lo)
+    return xp.where(finite, (shifted - xp.log1p(rest)) + corr, xp.full_like(shifted, math.nan))
 
 
-def softmax(x, /, *, axis=-1, xp=None):
-    """``exp(x - m) / (1 + rest)``: rows sum to one, each entry to a few ULP, no overflow; NaN in
-    rows whose maximum is not finite."""
+def softmax(x, /, *, axis=-1, lo=None, xp=None):
+    """``exp(x - m) / (1 + rest)`` with the compensated shift: rows sum to one, each entry to a few
+    ULP, no overflow; NaN in rows whose maximum is not finite. ``lo`` as in :func:`log_softmax`."""
     xp = namespace(x) if xp is None else xp
-    _, finite, _, _, e, rest = _shifted_parts(xp, x, axis)
+    _, finite, _, _, _, _, e, _, rest = _shifted_parts(xp, x, axis, lo)
     return xp.where(finite, e / (1 + rest), xp.full_like(e, math.nan))
 
 
-def softmax_complement(x, /, *, axis=-1, xp=None):
-    """``1 - softmax(x)`` without cancellation where ``softmax(x) -> 1``: ``(rest - expm1(x - m)) / (1 + rest)``
-    (the maximum's entry is ``rest / (1 + rest)``, every other one a sum of positive terms)."""
+def softmax_complement(x, /, *, axis=-1, lo=None, xp=None):
+    """``1 - softmax(x)`` without cancellation where ``softmax(x) -> 1``: ``(rest - (e_i - 1)) / (1 + rest)``
+    (the maximum's entry is ``rest / (1 + rest)`` up to its correction, every other one a sum of
+    positive terms). ``lo`` as in :func:`log_softmax`."""
     xp = namespace(x) if xp is None else xp
-    _, finite, _, shifted, _, rest = _shifted_parts(xp, x, axis)
-    return xp.where(finite, (rest - xp.expm1(shifted)) / (1 + rest), xp.full_like(shifted, math.nan))
+    _, finite, _, _, _, _, _, em1, rest = _shifted_parts(xp, x, axis, lo)
+    return xp.where(finite, (rest - em1) / (1 + rest), xp.full_like(em1, math.nan))
 
 
 def softplus(x, /, *, xp=None):

@@ -29,6 +29,8 @@ from ..xp import (
     softmax_complement,
     softplus,
     take_along_axis,
+    two_prod,
+    two_sum,
     xmul,
 )
 
@@ -910,36 +912,50 @@ def _lse_hinge_parts(xp, logits, target, margin):
     Taken over the differences ``z_i - z_y`` (exact where they are small), not as ``LSE(z_i) - z_y``,
     which cancels where the hinge is near its corner (``LSE(1e4, 1e4) - 1e4`` keeps 4 digits of ``log 2``).
     """
+    v, lo, hot = _relative_scores(xp, logits, target, 1.0, margin)
+    v = xp.where(hot, -math.inf, v)
+    return logsumexp(v, axis=1, lo=lo, xp=xp), softmax(v, axis=1, lo=lo, xp=xp), xp.astype(hot, logits.dtype)
+
+
+def _relative_scores(xp, logits, target, scale, margin):
+    """``s (z_i - z_y + m)`` as a double-double ``(hi, lo)`` (TwoSum, TwoProd), and the one-hot mask.
+
+    Rounding the difference to float64 alone errs by ``|s (z_i - z_y + m)| 2^-53``, which the
+    softmax turns into that many relative ULPs of the loss (``s = 30``: ~70 ULPs).
+    """
     hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
-    v = xp.where(hot, -math.inf, logits - _expand(xp, _target_score(xp, logits, target)) + margin)
-    return logsumexp(v, axis=1, xp=xp), softmax(v, axis=1, xp=xp), xp.astype(hot, logits.dtype)
+    d, d_lo = two_sum(xp, logits, -_expand(xp, _target_score(xp, logits, target)))
+    t, t_lo = two_sum(xp, d, xp.full_like(d, margin))
+    hi, p_lo = two_prod(xp, xp.full_like(t, scale), t)
+    return hi, p_lo + scale * (t_lo + d_lo), hot
 
 
 def _margin_logits(xp, logits, target, scale, margin):
-    """``(z', hot)``: logits whose softmax at the target gives AM-Softmax's
+    """``(z', lo, hot)``: logits (a double-double ``z' + lo``) whose softmax at the target gives AM-Softmax's
     ``softplus(LSE_{i != y}(s z_i) - s (z_y - m)) = -log softmax(z')_y``.
 
     ``z' = z`` at ``s = 1, m = 0`` (plain cross-entropy); otherwise the target-relative
-    ``z'_i = s (z_i - z_y + m)`` and ``z'_y = 0``, exact where scores tie (``s (z_y - m)`` would round
-    at the scale of ``z_y``: at ``z = 1e4`` that leaves 4 digits of the loss).
+    ``z'_i = s (z_i - z_y + m)`` (:func:`_relative_scores`) and ``z'_y = 0``, exact where scores tie
+    (``s (z_y - m)`` would round at the scale of ``z_y``: at ``z = 1e4`` that leaves 4 digits of the loss).
     """
-    hot = one_hot(target, logits.shape[1], axis=1, xp=xp)
     if scale == 1 and margin == 0:
-        return logits, hot
-    relative = scale * (logits - _expand(xp, _target_score(xp, logits, target)) + margin)
-    return xp.where(hot, xp.zeros_like(relative), relative), hot
+        return logits, None, one_hot(target, logits.shape[1], axis=1, xp=xp)
+    relative, lo, hot = _relative_scores(xp, logits, target, scale, margin)
+    zero = xp.zeros_like(relative)
+    return xp.where(hot, zero, relative), xp.where(hot, zero, lo), hot
 
 
 def _margin_softmax_loss(xp, logits, target, scale, margin):
     """``-log softmax(z')_y`` (see :func:`_margin_logits`): no cancellation of ``LSE`` against ``s (z_y - m)``."""
-    shifted, _ = _margin_logits(xp, logits, target, scale, margin)
-    return -take_along_axis(log_softmax(shifted, axis=1, xp=xp), target, axis=1, xp=xp)
+    shifted, lo, _ = _margin_logits(xp, logits, target, scale, margin)
+    return -take_along_axis(log_softmax(shifted, axis=1, lo=lo, xp=xp), target, axis=1, xp=xp)
 
 
 def _margin_softmax_grad(xp, cot, logits, target, scale, margin):
     """``s (softmax(z') - onehot(y))``, with ``p'_y - 1 = -(1 - p'_y)`` from :func:`refloss.xp.softmax_complement`."""
-    shifted, hot = _margin_logits(xp, logits, target, scale, margin)
-    diff = xp.where(hot, -softmax_complement(shifted, axis=1, xp=xp), softmax(shifted, axis=1, xp=xp))
+    shifted, lo, hot = _margin_logits(xp, logits, target, scale, margin)
+    p = softmax(shifted, axis=1, lo=lo, xp=xp)
+    diff = xp.where(hot, -softmax_complement(shifted, axis=1, lo=lo, xp=xp), p)
     return _expand(xp, cot * scale) * diff
 
 
