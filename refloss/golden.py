@@ -14,8 +14,10 @@ Arrays are ``{"dtype", "shape", "values"}`` with floats as ``float.hex`` strings
 "-inf"), C order. Reading never executes code: :func:`read_cases` is ``json`` and ``float.fromhex``.
 
 Certification policy (:data:`TOLERANCE_ULP`): the value within 4 ULP of the correctly rounded
-exact value; each input's gradient within 4 ULP of its largest exact entry (normwise), where at a
-kink any value between the one-sided derivatives is exact. A case outside the policy fails the build.
+exact value; each input's gradient within 4 ULP of its largest finite exact entry (normwise;
+infinite entries exactly), where at a kink any value between the one-sided derivatives is exact.
+Where the exact value is infinite its gradient is undefined: the case certifies the value only
+(``exact.grads`` entries are null). A case outside the policy fails the build.
 
 :func:`build` needs mpmath (``refloss[mpmath]``); :func:`verify` needs only NumPy and refloss.
 """
@@ -219,22 +221,28 @@ def value_error(approx, exact) -> float:
 
 def gradient_error(approx, exact, bounds: dict | None = None) -> float:
     """``max |approx - exact| / ulp(max |exact|)`` on float64 arrays, where at the flat indices of
-    ``bounds`` (``{index: (left, right)}``) the distance to the segment between them counts. Where
-    either side has a NaN or an infinity the entries are compared one by one (:func:`value_error`)."""
+    ``bounds`` (``{index: (left, right)}``) the distance to the segment between them counts. Entries
+    where either side is NaN or infinite must be the same special value (or, at a kink, inside the
+    segment); the finite rest is measured normwise against its largest exact entry."""
     a = np.asarray(approx, dtype=np.float64).ravel()
     e = np.asarray(exact, dtype=np.float64).ravel()
     if a.shape != e.shape:
         return math.inf
     if a.size == 0:
         return 0.0
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(e))):
-        return value_error(a, e)
     with np.errstate(all="ignore"):
         off = a - e
         for i, (left, right) in (bounds or {}).items():
             lo, hi = min(left, right), max(left, right)
             off[i] = a[i] - lo if a[i] < lo else (a[i] - hi if a[i] > hi else 0.0)
-        return float(np.max(np.abs(off)) / np.spacing(np.max(np.abs(e))))
+        special = ~np.isfinite(a) | ~np.isfinite(e)
+        same = (np.isnan(a) & np.isnan(e)) | (a == e) | (off == 0)
+        if np.any(special & ~same):
+            return math.inf
+        finite = ~special
+        if not np.any(finite):
+            return 0.0
+        return float(np.max(np.abs(off[finite])) / np.spacing(np.max(np.abs(e[finite]))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,7 +385,9 @@ def certify(spec: Spec) -> Result:
         cot = np.ones(value.shape) if spec.cotangent is None else spec.cotangent
         exact, dps = mp.evaluate(loss.name, spec.inputs, spec.params)
         which = [k for k, s in enumerate(loss.inputs) if s.differentiable]
-        sided = mp.gradient(loss.name, spec.inputs, spec.params, cot, which, stop_gradient=loss.stop_gradient is not None)
+        # The gradient of an infinite (or undefined) value is undefined: such a case certifies its value only.
+        defined = all(mp.mpmath.isfinite(e) for e in np.asarray(exact, dtype=object).ravel())
+        sided = mp.gradient(loss.name, spec.inputs, spec.params, cot, which, stop_gradient=loss.stop_gradient is not None) if defined else [None] * len(which)
     except Exception as e:  # noqa: BLE001 - a failing loss or oracle is a build failure, reported
         return Result(spec.loss, spec.id, None, [("error", f"{type(e).__name__}: {e}")], math.inf, math.inf)
     failures = []
@@ -388,6 +398,10 @@ def certify(spec: Spec) -> Result:
     for k, g in zip(which, sided):
         name = loss.inputs[k].name
         approx = np.asarray(grads[k], dtype=np.float64)
+        grads_out[name] = encode_array(approx)
+        if g is None:
+            exact_grads[name], grad_ulp[name] = None, None
+            continue
         mid = np.asarray(np.frompyfunc(lambda a, b: (a + b) / 2, 2, 1)(g.left, g.right), dtype=object)
         off = np.empty(g.left.shape, dtype=object)
         for idx in np.ndindex(g.left.shape):
@@ -398,7 +412,6 @@ def certify(spec: Spec) -> Result:
         grad_ulp[name] = err
         if not err <= TOLERANCE_ULP:
             failures.append((f"grad {name}", err))
-        grads_out[name] = encode_array(approx)
         exact_grads[name] = encode_array(np.vectorize(_to_float, otypes=[np.float64])(mid) if mid.size else mid.astype(np.float64))
         kinks = [int(i) for i in np.flatnonzero(g.kinks)]
         if kinks:
@@ -421,11 +434,11 @@ def certify(spec: Spec) -> Result:
         "refloss": {"value": encode_array(value), "grads": grads_out},
         "exact": {"value": encode_array(exact_value), "grads": exact_grads},
         "bounds": bounds,
-        "error_ulp": {"value": _short(value_ulp), "grads": {k: _short(v) for k, v in grad_ulp.items()}},
+        "error_ulp": {"value": _short(value_ulp), "grads": {k: None if v is None else _short(v) for k, v in grad_ulp.items()}},
         "tolerance_ulp": TOLERANCE_ULP,
         "oracle_dps": dps,
     }
-    worst_grad = max(grad_ulp.values(), default=0.0)
+    worst_grad = max((v for v in grad_ulp.values() if v is not None), default=0.0)
     return Result(spec.loss, spec.id, None if failures else line, failures, value_ulp, worst_grad)
 
 
@@ -576,6 +589,12 @@ def schema() -> dict:
         "type": "object", "required": ["value", "grads"], "additionalProperties": False,
         "properties": {"value": {"$ref": "#/$defs/array"}, "grads": arrays},
     }
+    exact_grads = {
+        "type": "object",
+        "additionalProperties": {"anyOf": [{"$ref": "#/$defs/array"}, {"type": "null"}]},
+        "description": "null where the exact value is not finite: its gradient is undefined and not certified",
+    }
+    exact_outputs = {**outputs, "properties": {"value": {"$ref": "#/$defs/array"}, "grads": exact_grads}}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "refloss-golden/1/case",
@@ -598,7 +617,7 @@ def schema() -> dict:
             "inputs": {**arrays, "description": "positional inputs by name, in declaration order"},
             "cotangent": {"anyOf": [{"$ref": "#/$defs/array"}, {"type": "null"}], "description": "weights of the output in the gradient; null: 1 (reduced loss)"},
             "refloss": {**outputs, "description": "refloss's float64 value and gradients of sum(cotangent * value)"},
-            "exact": {**outputs, "description": "the oracle's, correctly rounded to float64 (midpoint of the one-sided derivatives)"},
+            "exact": {**exact_outputs, "description": "the oracle's, correctly rounded to float64 (midpoint of the one-sided derivatives)"},
             "bounds": {
                 "type": "object",
                 "description": "per input, the flat indices of kinks and the one-sided derivatives there (float64)",
@@ -613,7 +632,7 @@ def schema() -> dict:
             },
             "error_ulp": {
                 "type": "object", "required": ["value", "grads"], "additionalProperties": False,
-                "properties": {"value": {"type": "number"}, "grads": {"type": "object", "additionalProperties": {"type": "number"}}},
+                "properties": {"value": {"type": "number"}, "grads": {"type": "object", "additionalProperties": {"type": ["number", "null"]}}},
                 "description": "certified error of refloss's results (value: ULP; gradients: ULP of the largest entry)",
             },
             "tolerance_ulp": {"type": "number"},
@@ -638,7 +657,7 @@ def _write_manifest(out: Path, written: dict):
         "oracle": oracle_description(),
         "policy": {
             "value": f"within {TOLERANCE_ULP:g} ULP of the correctly rounded exact value",
-            "gradients": f"within {TOLERANCE_ULP:g} ULP of the largest exact entry, per input; at kinks any value between the one-sided derivatives",
+            "gradients": f"within {TOLERANCE_ULP:g} ULP of the largest exact entry, per input, infinite entries exactly; at kinks any value between the one-sided derivatives; not certified where the exact value is infinite (null)",
             "tolerance_ulp": TOLERANCE_ULP,
         },
         "schema": {"path": SCHEMA, "sha256": _sha256(out / SCHEMA)},
@@ -689,6 +708,8 @@ def check_case(case: dict):
             continue
         if spec.name not in case["exact"]["grads"]:
             raise GoldenError(f"exact gradient of {spec.name!r} missing")
+        if case["exact"]["grads"][spec.name] is None:
+            continue  # the exact value is not finite: no gradient to compare with
         exact = decode_array(case["exact"]["grads"][spec.name], f"exact.grads.{spec.name}")
         b = case["bounds"].get(spec.name)
         bounds = {}

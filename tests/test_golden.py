@@ -198,5 +198,32 @@ def test_schema_describes_the_lines(golden_dir):
         for text in path.read_text().splitlines()[:5]:
             case = json.loads(text)
             assert set(case) == keys and slug.match(case["id"]), (path.name, sorted(set(case) ^ keys))
-            floats = [v for part in ("refloss", "exact") for a in [case[part]["value"], *case[part]["grads"].values()] for v in a["values"]]
+            floats = [v for part in ("refloss", "exact") for a in [case[part]["value"], *case[part]["grads"].values()] if a is not None for v in a["values"]]
             assert all(hexfloat.match(v) for v in floats), path.name
+
+
+def test_gradient_errors_with_infinite_entries():
+    # infinite entries must match exactly; the finite rest is normwise against its own largest entry
+    exact = np.array([-np.inf, 2.0, 1e-3])
+    assert golden.gradient_error([-np.inf, 2.0, 1e-3 + 2 * np.spacing(2.0)], exact) == 2.0
+    assert golden.gradient_error([-1e308, 2.0, 1e-3], exact) == np.inf
+    assert golden.gradient_error([np.inf, 2.0, 1e-3], exact) == np.inf
+    # at a kink whose segment reaches -inf (an infinite one-sided slope), -inf and -35 are both inside
+    kink = {0: (-np.inf, -35.0)}
+    assert golden.gradient_error([-np.inf, 2.0, 1e-3], np.array([-np.inf, 2.0, 1e-3]), kink) == 0.0
+    assert golden.gradient_error([-40.0, 2.0, 1e-3], np.array([-np.inf, 2.0, 1e-3]), kink) == 0.0
+    assert golden.gradient_error([-30.0, 2.0, 1e-3], np.array([-np.inf, 2.0, 1e-3]), kink) == np.inf
+
+
+def test_an_infinite_value_certifies_the_value_only():
+    pytest.importorskip("mpmath")
+    loss = golden.get("binary_cross_entropy")
+    # probability 0 for a positive target: -log(0) = inf exactly; the gradient of inf is undefined
+    spec = golden.Spec(loss.name, "edge-sum-clamp=none-s0", "edge", "float16", [np.array([0.0, 0.5]), np.array([1.0, 1.0])],
+                       {**loss.defaults(), "clamp": "none", "reduction": "sum"}, None)
+    result = golden.certify(spec)
+    assert result.failures == [] and result.line["exact"]["value"]["values"] == ["inf"]
+    assert set(result.line["exact"]["grads"].values()) == {None}
+    assert set(result.line["error_ulp"]["grads"].values()) == {None}
+    value_ulp, grad_ulp, problems = golden.check_case(json.loads(golden.canonical(result.line)))
+    assert (value_ulp, grad_ulp, problems) == (0.0, 0.0, [])

@@ -98,3 +98,7 @@ def test_ulp_errors():
     # normwise: in ULP of the largest entry, so a tiny entry's relative error does not dominate
     exact = np.array([mpmath.mpf(1), mpmath.mpf("1e-20")], dtype=object)
     assert rmp.normwise_ulp_error([1.0, 2e-20], exact) < 1e-3
+    # infinite entries must match exactly; the finite rest stays normwise (not per entry)
+    exact = np.array([mpmath.mpf("-inf"), mpmath.mpf(1), mpmath.mpf("1e-20")], dtype=object)
+    assert rmp.normwise_ulp_error([-math.inf, 1.0, 2e-20], exact) < 1e-3
+    assert rmp.normwise_ulp_error([-1e308, 1.0, 1e-20], exact) == math.inf
