@@ -21,18 +21,7 @@ CASES_PER_PATH = 2
 
 # Certificates known to exceed the bound, by loss: (predicate on the parameters, the quantities
 # allowed to, why). Each is reported; the test xfails (not strictly) where one of them does exceed.
-KNOWN = {
-    "triplet_margin_loss": (
-        lambda params: params["p"] not in (1.0, 2.0),
-        {"anchor", "positive", "negative"},
-        "for p other than 1 and 2, the gradient's difference of the two sign(v) (|v| / ||v||_p)^(p-1) cancels "
-        "for nearly parallel differences (tens to hundreds of ulps); p = 2 uses the rejection, exact",
-    ),
-}
-
-
-
-
+KNOWN: dict = {}
 
 
 @pytest.mark.parametrize("loss, params", paths(FAMILY))
@@ -118,18 +107,34 @@ def test_cancelling_formulations_are_certified():
     u = x[:, :2] / np.linalg.norm(x[:, :2], axis=1, keepdims=True)
     turned = np.stack([u[:, 0] * 0.5 - u[:, 1] * (0.75**0.5 + 1e-9), u[:, 0] * (0.75**0.5 + 1e-9) + u[:, 1] * 0.5], axis=1)
     _assert_certified(refloss.cosine_embedding_loss, [u, turned, -np.ones(4)], {"margin": 0.5, "reduction": "none"}, rng)
-    # ring: norms within 1e-9 of the radius
+    # ring: norms within 1e-9 of the radius; one radius shared by rows whose gaps cancel in its gradient
     radius = np.linalg.norm(x, axis=1) * (1 + 1e-9 * rng.normal(size=4))
     _assert_certified(refloss.ring_loss, [x, radius], {"reduction": "none"}, rng)
+    rows = np.array([[3.0, 4.0], [0.0, 1e-22], [6.0, 8.0], [0.0, 0.0]])
+    _assert_certified(refloss.ring_loss, [rows, np.array([3.75])], {"reduction": "mean"}, rng)  # sum of gaps: 1e-22
+    _assert_certified(refloss.ring_loss, [rows, np.array([7.5])], {"reduction": "none"}, rng)
     # facenet and the p = 2 triplet: distances close to each other, and rows of very different sizes
     p, n = x + 1e-8 * rng.normal(size=(4, 3)), x - 1e-8 * rng.normal(size=(4, 3))
     a = 1e6 * rng.normal(size=(4, 3))
     _assert_certified(refloss.facenet_triplet_loss, [a, p, n], {"alpha": 0.0, "reduction": "none"}, rng)
     for params in ({"eps": 0.0}, {}, {"eps_placement": "sum"}, {"swap": True}, {"p": 1.0}):
         _assert_certified(refloss.triplet_margin_loss, [a, p, n], {"margin": 0.0, "reduction": "none", **params}, rng)
-    # triplet gradient of nearly parallel differences (the positive and negative on one ray)
+    # triplet gradient of nearly parallel differences (the positive and negative on one ray), for p = 2
+    # (the rejection) and other p (ratios to the dominant component), eps in the difference or the sum
     d = rng.normal(size=(4, 3))
-    _assert_certified(refloss.triplet_margin_loss, [np.zeros((4, 3)), d, 1.3 * d + 1e-9 * rng.normal(size=(4, 3))], {"reduction": "sum"}, rng)
+    for params in ({}, {"p": 3.0}, {"p": 1.5}, {"p": 7.0, "eps_placement": "sum"}, {"p": 3.0, "eps": 0.0}):
+        for noise in (1e-9, 1e-4):
+            near_ray = 1.3 * d + noise * rng.normal(size=(4, 3))
+            _assert_certified(refloss.triplet_margin_loss, [np.zeros((4, 3)), d, near_ray], {"reduction": "sum", **params}, rng)
+    # the swap's min of two distances that differ by 1e-40 of themselves (a and p 1e-40 apart): decided
+    # by d(a, n) - d(p, n) from a - p, not by the two gaps (equal to 2^-106)
+    a = rng.normal(size=(4, 3))
+    for params in ({"swap": True}, {"swap": True, "p": 3.0}, {"swap": True, "p": 1.0}):
+        _assert_certified(refloss.triplet_margin_loss, [a, a + 1e-40 * rng.normal(size=(4, 3)), a + rng.normal(size=(4, 3))],
+                          {"reduction": "none", **params}, rng)
+    # rows of very different sizes: a difference far below the row's largest keeps its own unit vector
+    big, tiny = 1e86 * rng.normal(size=(2, 3)), 1e-88 * rng.normal(size=(2, 3))
+    _assert_certified(refloss.triplet_margin_loss, [tiny, big, tiny * 3], {"eps": 0.0, "reduction": "none"}, rng)
     # center-invariant: centre norms close to their mean, and cotangents of a class that cancel
     centers = np.array([[1.0, 2.0], [2.0, 1.0 + 1e-9], [0.0, 5.0**0.5]])
     _assert_certified(refloss.center_invariant_loss, [np.zeros((2, 2)), np.array([1, 1]), centers], {"reduction": "none"}, rng)

@@ -23,13 +23,14 @@ embedding) and TensorFlow's ``maximum`` (FaceNet) pass the full gradient at ``z 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import array_api_compat
 
 from .. import domains as D
 from ..loss import Input, Param, loss
 from ..xp import two_sum as _two_sum, two_prod as _two_prod, dd_sum as _dd_sum, dd_dot as _dd_dot, dd_mul as _dd_mul, dd_sub as _dd_sub, renormalise as _renormalise  # double-double pieces
-from ..xp import namespace, one_hot, sum_to_shape, xmul
+from ..xp import namespace, one_hot, sum_to_shape, take_along_axis, xmul
 
 # ------------------------------------------------------------------------------------------------
 # Shared helpers.
@@ -71,7 +72,7 @@ def _lp_norm(xp, v, p, eps=0.0):
     def root(z):
         return xp.sqrt(z) if p == 2 else z ** (1.0 / p)
 
-    if not eps:
+    if _is_zero(eps):
         return s * root(total)
     big = e >= 0
     e_big = xp.where(big, e, xp.zeros_like(e))
@@ -557,26 +558,48 @@ def _ring_gap(xp, features, radius):
     norm = _lp_norm(xp, features, 2)
     r = xp.zeros_like(norm) + radius
     near = (r > 0.5 * norm) & (r < 2.0 * norm)
-    _, s = _row_scale(xp, xp.abs(features))
+    s, (sq_hi, sq_lo), (n0, n_lo) = _norm_dd(xp, features)
     rs = xp.where(near, r, xp.zeros_like(r)) / s  # at most 4 sqrt(D) where near
-    u = features / _col(xp, s)
-    sq_hi, sq_lo = _dd_dot(xp, u, u)
     r2_hi, r2_lo = _two_prod(xp, rs, rs)
-    # ||x|| + R with ||x|| = n0 + n_lo (one Newton step on the square root), rounded once
-    n0 = xp.sqrt(sq_hi)
-    p, e = _two_prod(xp, n0, n0)
-    n_lo = (((sq_hi - p) - e) + sq_lo) / xp.where(n0 > 0, 2 * n0, xp.ones_like(n0))
+    # ||x|| + R with ||x|| = n0 + n_lo, rounded once
     den_hi, den_lo = _two_sum(xp, n0, rs)
     den = xp.where(near, den_hi + (den_lo + n_lo), xp.ones_like(rs))
     gap = s * (_dd_sub(xp, sq_hi, sq_lo, r2_hi, r2_lo) / den)
     return norm, xp.where(near, gap, norm - r)
 
 
+def _norm_dd(xp, features):
+    """Row norms as double-doubles, at the rows' power-of-two scales ``s`` (exact): ``(s, |x / s|^2,
+    ||x / s||)``, the square as Dot2 and the norm ``n0 + n_lo`` by one Newton step on the square root."""
+    _, s = _row_scale(xp, xp.abs(features))
+    u = features / _col(xp, s)
+    sq_hi, sq_lo = _dd_dot(xp, u, u)
+    n0 = xp.sqrt(sq_hi)
+    p, e = _two_prod(xp, n0, n0)
+    n_lo = (((sq_hi - p) - e) + sq_lo) / xp.where(n0 > 0, 2 * n0, xp.ones_like(n0))
+    return s, (sq_hi, sq_lo), (n0, n_lo)
+
+
 @ring_loss.defvjp
 def _ring_loss_vjp(xp, cot, features, radius, *, loss_weight):
     norm, gap = _ring_gap(xp, features, radius)
     t = cot * loss_weight * gap
-    return _col(xp, t) * _lp_norm_grad(xp, features, norm, 2), -sum_to_shape(t, radius.shape, xp=xp)
+    g_radius = -sum_to_shape(t, radius.shape, xp=xp)
+    if array_api_compat.size(radius) == 1 and features.shape[0] > 1:
+        # a shared R: sum_i cot_i (||x_i|| - R) cancels across samples (cotangents of both signs, or
+        # a mean of gaps of both signs); as the double-double sum_i cot_i ||x_i|| - R sum_i cot_i,
+        # rounded once
+        s, _, (n0, n_lo) = _norm_dd(xp, features)
+        c = cot * xp.ones_like(n0)
+        fin = xp.isfinite(n0 * s) & xp.isfinite(c)
+        c = xp.where(fin, c, xp.zeros_like(c))  # where a row is not, g_radius (not finite) stands
+        a_hi, a_lo = _two_prod(xp, c, s * n0)
+        b_hi, b_lo = _two_prod(xp, c, xp.zeros_like(c) + xp.reshape(radius, (-1,)))
+        hi = xp.concat([a_hi, -b_hi])
+        lo = xp.concat([a_lo + c * (s * n_lo), -b_lo])
+        total, _ = _dd_sum(xp, hi, lo)
+        g_radius = xp.where(xp.isfinite(g_radius), xp.reshape(-loss_weight * total, radius.shape), g_radius)
+    return _col(xp, t) * _lp_norm_grad(xp, features, norm, 2), g_radius
 
 
 # ------------------------------------------------------------------------------------------------
@@ -702,6 +725,10 @@ def _triplet_parts(xp, anchor, positive, negative, p, eps, swap, placement):
     with the margin (:func:`_triplet_argument`), so the hinge's corner does not cancel. For other ``p``, ``d_w expm1(log1p((D_v - D_w) / D_w) / p)`` with ``D = d^p`` and
     ``|v_k|^p - |w_k|^p = |w_k|^p expm1(p log1p((|v_k| - |w_k|) / |w_k|))`` (both where the two are within
     a factor 2; the plain differences elsewhere, where they do not cancel).
+
+    The swap's ``min(d(a, n), d(p, n))`` is decided by ``d(a, n) - d(p, n)``, computed the same way from
+    ``v_an - v_pn = a - p`` and ``v_an + v_pn`` (the two gaps alone agree to ~2^-106 of themselves, which
+    cannot order distances that differ by ``|a - p| << 2^-106 d``); an exact tie is ``tie``.
     """
     pairs = {"ap": (anchor, positive), "an": (anchor, negative)}
     if swap:
@@ -720,8 +747,10 @@ def _triplet_parts(xp, anchor, positive, negative, p, eps, swap, placement):
     fg = {"an": (_dd_total(xp, neg, -pos), _dd_total(xp, a, a, -pos, -neg, *shift))}
     if swap:
         fg["pn"] = (_dd_total(xp, a, -pos, -pos, neg), _dd_total(xp, a, -neg, *shift))
+        fg["an|pn"] = (_dd_total(xp, a, -pos), _dd_total(xp, a, pos, -neg, -neg, *shift))  # v_an -+ v_pn
 
-    e_scaled = ((eps if placement == "sum" else 0.0) / scale) / scale
+    in_sum = placement == "sum" and eps != 0  # otherwise a Python 0: no eps term anywhere (not an array of zeros)
+    e_scaled = (eps / scale) / scale if in_sum else 0.0
 
     def norm2(key):
         # the scaled Euclidean distance as a double-double: sqrt of a double-double, one Newton step
@@ -733,14 +762,14 @@ def _triplet_parts(xp, anchor, positive, negative, p, eps, swap, placement):
         q, f = _two_prod(xp, r, r)
         return r, (((s_hi - q) - f) + (s_lo + e2)) / xp.where(r == 0, xp.ones_like(r), 2 * r)
 
-    def gap(key):
-        # d(a, p) - d(a, n) (or d(p, n)) as a double-double (hi, lo)
-        (f_hi, f_lo), (g_hi, g_lo) = fg[key]
-        d_v, d_w = dist["ap"], dist[key]
+    def gap(key, ref="ap"):
+        # d(ref) - d(key) as a double-double (hi, lo): d(a, p) - d(a, n) (or d(p, n)), or d(a, n) - d(p, n)
+        (f_hi, f_lo), (g_hi, g_lo) = fg[key] if ref == "ap" else fg[ref + "|" + key]
+        d_v, d_w = dist[ref], dist[key]
         if p == 2:
             p_hi, p_lo = _two_prod(xp, f_hi, g_hi)
             d_hi, d_lo = _dd_sum(xp, p_hi, p_lo + (f_hi * g_lo + f_lo * g_hi))
-            (v0, v1), (w0, w1) = norm2("ap"), norm2(key)
+            (v0, v1), (w0, w1) = norm2(ref), norm2(key)
             den, den_lo = _two_sum(xp, v0, w0)
             den_lo = den_lo + (v1 + w1)
             zero = den == 0  # (not den > 0: a NaN must propagate)
@@ -749,7 +778,7 @@ def _triplet_parts(xp, anchor, positive, negative, p, eps, swap, placement):
             m, m_lo = _two_prod(xp, q, den)
             q_lo = (((d_hi - m) - m_lo) + (d_lo - q * den_lo)) / den
             return xp.where(zero, xp.zeros_like(q), scale * q), xp.where(zero, xp.zeros_like(q), scale * q_lo)
-        v, w = dd["ap"][0], dd[key][0]
+        v, w = dd[ref][0], dd[key][0]
         sv, sw = xp.sign(v), xp.sign(w)
         h_hi = xp.where(sv * sw > 0, sv * f_hi, xp.where(sv * sw < 0, sv * g_hi, xp.abs(v) - xp.abs(w)))
         h_lo = xp.where(sv * sw > 0, sv * f_lo, xp.where(sv * sw < 0, sv * g_lo, xp.zeros_like(g_lo)))
@@ -770,13 +799,16 @@ def _triplet_parts(xp, anchor, positive, negative, p, eps, swap, placement):
         out = xp.where(close, d_w * xp.expm1(xp.log1p(rel) / p), d_v - d_w)
         return out, xp.zeros_like(out)
 
-    gaps = {key: gap(key) for key in fg}
-    out = {"vectors": vectors, "dist": dist, "dd": dd, "fg": fg, "scaled": (a, pos, neg, shift), "e_scaled": e_scaled}
-    out["gaps"] = {key: hi for key, (hi, _) in gaps.items()}
+    gaps = {key: gap(key) for key in ("an", "pn") if key in fg}
+    e_p = (eps * (1 / scale) ** p if in_sum else 0.0) if p != 2 else e_scaled
+    out = {"vectors": vectors, "dist": dist, "dd": dd, "fg": fg, "scaled": (a, pos, neg, shift), "e_scaled": e_p}
     hi, lo = gaps["an"]
-    if swap:  # d_n = min(d(a, n), d(p, n)): the larger gap
-        pn = gaps["pn"][0] > hi
-        hi, lo = xp.where(pn, gaps["pn"][0], hi), xp.where(pn, gaps["pn"][1], lo)
+    if swap:  # d_n = min(d(a, n), d(p, n)), decided by d(a, n) - d(p, n) itself (from a - p, however small)
+        s_hi, s_lo = gap("pn", ref="an")
+        out["pn_wins"] = (s_hi > 0) | ((s_hi == 0) & (s_lo > 0))
+        out["tie"] = (s_hi == 0) & (s_lo == 0)
+        p_hi, p_lo = gaps["pn"]
+        hi, lo = xp.where(out["pn_wins"], p_hi, hi), xp.where(out["pn_wins"], p_lo, lo)
     out["gap"] = (hi, lo)
     return out
 
@@ -833,14 +865,18 @@ def _unit_difference(xp, v, w, delta, e):
     t = xp.where(by_w, t_w + t_w_lo, (1 + t1_d) + t1_d_lo)  # 1 + t1 is exact where t is small
     one_minus_t = xp.where(by_w, (1 - t_w) - t_w_lo, -(t1_d + t1_d_lo))
     n_v, n_w = xp.sqrt(vv_hi + e), xp.sqrt(ww_hi + e)
-    # degenerate rows tested with == 0, so that NaNs take the general branch and propagate
-    v_zero, w_zero = n_v == 0, n_w == 0
-    ahead = ~v_zero & ~w_zero & (t > 0)
-    nv1 = xp.where(v_zero, xp.ones_like(n_v), n_v)
-    nw1 = xp.where(w_zero, xp.ones_like(n_w), n_w)
+    # each unit vector alone from its own row scale (a row far below the common scale underflows
+    # there); degenerate rows tested with == 0, so that NaNs take the general branch and propagate
+    own_v, own_w = _lp_norm(xp, v_hi, 2, e), _lp_norm(xp, w_hi, 2, e)
+    v_zero, w_zero = own_v == 0, own_w == 0
+    # the rejection form where both squares are resolved at the common scale and (1 - t)(1 + t) is finite
+    ahead = ~v_zero & ~w_zero & (t > 0) & (t < 2.0**400) & (vv_hi > 2.0**-900) & (ww_hi > 2.0**-900)
+    nv1 = xp.where(ahead, n_v, xp.where(v_zero, xp.ones_like(n_v), own_v))
+    nw1 = xp.where(ahead, n_w, xp.where(w_zero, xp.ones_like(n_w), own_w))
     rr = xp.sum(r * r, axis=1)
-    near = (rr + e * (one_minus_t * (1 + t))) / xp.where(ahead, n_w + t * n_v, xp.ones_like(n_w))
-    coef = xp.where(ahead, near, n_w - t * n_v)
+    t_a, omt_a = xp.where(ahead, t, xp.zeros_like(t)), xp.where(ahead, one_minus_t, xp.zeros_like(t))
+    near = (rr + e * (omt_a * (1 + t_a))) / xp.where(ahead, n_w + t * n_v, xp.ones_like(n_w))
+    coef = xp.where(ahead, near, xp.zeros_like(near))  # used only where close (ahead)
     rejected = _col(xp, coef / (nv1 * nw1)) * v_hi - r / _col(xp, nw1)
     only_v = v_hi / _col(xp, nv1)
     only_w = -w_hi / _col(xp, nw1)
@@ -849,6 +885,146 @@ def _unit_difference(xp, v, w, delta, e):
     close = ahead & (4 * rr <= ww_hi)
     both = xp.where(_col(xp, close), rejected, only_v + only_w)
     return xp.where(_col(xp, w_zero), only_v, xp.where(_col(xp, v_zero), only_w, both))  # both zero: 0
+
+
+def _lp_unit_difference(xp, v, w, delta, p, e):
+    """``G(v) - G(w)`` for ``G(x) = d N / dx = sign(x) (|x| / N(x))^q``, ``q = p - 1``, ``N(x) = (sum_k
+    |x_k|^p + e)^(1/p)``, double-double rows ``v, w`` and ``delta = w - v`` (computed from the inputs,
+    accurate however small); :func:`_unit_difference` is the ``p = 2`` case.
+
+    ``G(v)`` and ``G(w)`` nearly cancel where ``v`` and ``w`` are nearly parallel, and their plain
+    difference is accurate to ulps of ``G``, not of itself. Relative to the ratio ``rho = w_m / v_m`` at
+    the largest ``|v_m|``, write ``w_k = rho v_k (1 + a_k)``: ``a_k = (delta_k v_m - delta_m v_k) / (v_k
+    w_m)``, a cross product whose ``v_k v_m`` parts cancel exactly (so ``a_k`` is accurate to ulps of
+    itself, and ``a_m = 0``). With ``B_k = (1 + a_k)^p - 1`` and ``S = (N(w) / rho)^p - N(v)^p = sum_k
+    |v_k|^p B_k + e (rho^-p - 1)``, ``G_k(w) / G_k(v) = ((1 + B_k) N(v)^p / (N(v)^p + S))^(q/p)``, so
+
+        G_k(v) - G_k(w) = -G_k(v) ((1 + X_k)^(q/p) - 1),   X_k = (B_k N(v)^p - S) / (N(v)^p + S)
+
+    (both ``(1 + x)^r - 1`` by :func:`_pow1pm1`). At the dominant component ``X`` is ``-S`` alone;
+    elsewhere ``B_k N(v)^p - S`` may cancel, by at most what ``G_k <= G_m`` allows, so each row is
+    accurate to a few ulps of its largest entry. Components of opposite signs, or not within a factor
+    3/2 of ``rho v_k``, and rows that are not nearly parallel (``w_m / v_m`` not positive or beyond
+    ``2^+-100``, some ``|w_k| > 4 rho |v_m|``) take the plain difference (nothing cancels there).
+    """
+    k, scale = _row_scale(xp, xp.abs(v[0]))
+    k = xp.maximum(k, xp.full_like(k, -400.0))  # a row that far below the common scale is not parallel to w
+    col = _col(xp, 2.0**k)  # max |v| in [1, 2): no power of v overflows or vanishes
+    (v_hi, v_lo), w_hi, (d_hi, d_lo) = (v[0] / col, v[1] / col), w[0] / col, (delta[0] / col, delta[1] / col)
+    e = _scaled_eps(xp, e, k, p)
+    q = p - 1.0
+    av, aw = xp.abs(v_hi), xp.abs(w_hi)
+    g_v = _lp_grad(xp, v_hi, p, e)
+    plain = g_v - _lp_grad(xp, w_hi, p, e)
+    m = xp.argmax(av, axis=1)
+
+    def at_m(x):
+        return take_along_axis(x, m, axis=1, xp=xp)
+
+    vm, vm_lo, dm, dm_lo, wm = at_m(v_hi), at_m(v_lo), at_m(d_hi), at_m(d_lo), at_m(w_hi)
+    # rows that are nearly parallel (> and <= tests, so that NaNs take the plain branch and propagate)
+    row = (wm * vm > 0) & (xp.abs(wm) <= 2.0**100 * xp.abs(vm)) & (xp.abs(vm) <= 2.0**100 * xp.abs(wm))
+    rho = xp.where(row, wm, xp.ones_like(wm)) / xp.where(row, vm, xp.ones_like(vm))
+    row = row & (xp.max(aw, axis=1) <= 4 * rho * xp.abs(vm))
+    rho = xp.where(row, rho, xp.ones_like(rho))
+    vm1 = xp.where(row, vm, xp.ones_like(vm))
+    near_one = row & (2 * xp.abs(dm) <= xp.abs(vm))  # log rho from delta_m / v_m, without cancellation
+    log_rho = xp.where(near_one, xp.log1p(xp.where(near_one, (dm + dm_lo) / vm1, xp.zeros_like(vm))), xp.log(rho))
+    # c_k = delta_k v_m - delta_m v_k = w_k v_m - w_m v_k as a double-double, and a = c / (v_k w_m)
+    rows = _col(xp, row)
+    v_r, d_r = xp.where(rows, v_hi, xp.zeros_like(v_hi)), xp.where(rows, d_hi, xp.zeros_like(d_hi))
+    vm_r, dm_r, wm_r = (_col(xp, xp.where(row, x, xp.zeros_like(x))) for x in (vm, dm, wm))
+    p1, e1 = _two_prod(xp, d_r, vm_r)
+    p2, e2 = _two_prod(xp, dm_r, v_r)
+    c, e3 = _two_sum(xp, p1, -p2)
+    c, c_lo = _renormalise(xp, c, e3 + (e1 - e2) + ((d_r * _col(xp, vm_lo) + d_lo * vm_r) - (dm_r * v_lo + _col(xp, dm_lo) * v_r)))
+    den, den_lo = _two_prod(xp, v_r, wm_r)
+    same = rows & (v_hi * w_hi > 0) & (2 * xp.abs(c) <= xp.abs(den))
+    den1 = xp.where(same, den, xp.ones_like(den))
+    a = xp.where(same, c / den1, xp.zeros_like(den))
+    pa, pa_lo = _two_prod(xp, a, den1)
+    a = a + xp.where(same, (((c - pa) - pa_lo) + c_lo - a * den_lo) / den1, xp.zeros_like(den))  # c / den to ~1/2 ulp
+    b = _pow1pm1(xp, a, p)
+    pow_v = av**p
+    aw_r = xp.where(rows, aw, xp.zeros_like(aw)) / _col(xp, rho)  # <= 4 |v_m| < 8 where used
+    rise = xp.where(same, pow_v * b, aw_r**p - pow_v)  # |v_k|^p ((|w_k| / (rho |v_k|))^p - 1)
+    s = xp.sum(xp.where(rows, rise, xp.zeros_like(rise)), axis=1)
+    if not _is_zero(e):
+        s = s + e * xp.expm1(-p * log_rho)
+    bv, sv = _col(xp, xp.sum(pow_v, axis=1) + e), _col(xp, s)
+    num, num_lo = _two_prod(xp, b, bv)
+    num, num_lo2 = _two_sum(xp, num, -sv * xp.ones_like(num))
+    x = xp.where(same, (num + (num_lo + num_lo2)) / (bv + sv), xp.zeros_like(num))
+    return xp.where(same, -g_v * _pow1pm1(xp, x, (q, p)), plain)
+
+
+def _pow1pm1(xp, a, r):
+    """``(1 + a)^r - 1`` for ``a > -1``. Where ``|a| max(r, 1) <= 1/8``, its binomial series ``r a (1 + h)``,
+    ``h = sum_{n >= 2} C(r, n) / r a^(n - 1)``, with ``r a`` exact (``r`` as a double-double when it is a
+    quotient ``q / p``: pass ``(q, p)``) so that the result is within about an ulp of the exact one
+    for an exact ``a`` (``expm1(r log1p(a))`` rounds ``log1p(a)``, then ``r`` times it, then ``expm1``);
+    ``expm1(r log1p(a))`` elsewhere."""
+    if isinstance(r, tuple):  # r = num / den as a double-double
+        num, den = r
+        r, r_lo = num / den, float(Fraction(num) / Fraction(den) - Fraction(num / den))
+    else:
+        r_lo = 0.0
+    small = xp.abs(a) * max(abs(r), 1.0) <= 0.125
+    a0 = xp.where(small, a, xp.zeros_like(a))
+    coeffs = [1.0]  # C(r, n) / r for n = 1, 2, ...: successive terms shrink by |a| |r - n| / (n + 1) <= 1/8
+    for n in range(2, 24):
+        coeffs.append(coeffs[-1] * (r - n + 1) / n)
+    h = xp.full_like(a0, coeffs[-1])
+    for c in reversed(coeffs[1:-1]):
+        h = h * a0 + c
+    h = h * a0
+    ra, ra_lo = _two_prod(xp, xp.full_like(a0, r), a0)
+    series = ra + (ra_lo + r_lo * a0 + ra * h)
+    big = xp.where(small, xp.zeros_like(a), a)
+    return xp.where(small, series, xp.expm1(r * xp.log1p(big)))
+
+
+def _lp_grad(xp, v, p, e=0.0):
+    """``G(v) = d N / dv = sign(v) (|v_k| / N)^q``, ``q = p - 1``, for ``N(v) = (sum_k |v_k|^p + e)^(1/p)``
+    (``e = 0``: the plain p-norm), along the last axis; 0 in rows where ``N = 0``.
+
+    Relative to the largest ``|v_m|``: ``G_k = sign(v_k) b_k^q (1 + T)^(-q/p)`` with ``b_k = |v_k| / |v_m|``
+    (its division's rounding carried to first order) and ``T = sum_{k != m} b_k^p + e / |v_m|^p``. The
+    powers see exact exponents or bases near 1: ``(|v_k| / N)^q`` multiplies the rounding of ``N`` by
+    ``q`` (about 5 ulps for ``p = 3``), and ``(|v_k|^p / N^p)^(q/p)`` the rounding of ``q/p`` by
+    ``|log(|v_k| / N)|``. Nothing overflows (``b <= 1``).
+    """
+    q = p - 1.0
+    av = xp.abs(v)
+    m = xp.argmax(av, axis=-1)
+    top = take_along_axis(av, m, axis=-1, xp=xp)
+    live = top > 0
+    vm = _col(xp, xp.where(live, top, xp.ones_like(top)))
+    b = av / vm
+    pr, pr_lo = _two_prod(xp, b, vm)
+    nonzero = b > 0
+    rel = xp.where(nonzero, (((av - pr) - pr_lo) / vm) / xp.where(nonzero, b, xp.ones_like(b)), xp.zeros_like(b))
+    at_m = xp.arange(v.shape[-1], device=_device(v)) == _col(xp, m)
+    power = xp.where(at_m, xp.zeros_like(b), b**p * (1 + p * rel))
+    t = xp.sum(power, axis=-1)
+    if not _is_zero(e):
+        t = t + _scaled_eps(xp, e, xp.log2(xp.where(live, top, xp.ones_like(top))), p)
+    g = xp.sign(v) * (b**q * (1 + q * rel)) * _col(xp, (1 + t) ** (-q / p))
+    return xp.where(_col(xp, live), g, xp.zeros_like(g))
+
+
+def _scaled_eps(xp, e, k, p):
+    """``e / 2^(p k)`` (for rows scaled by ``2^k``; ``k`` need not be an integer), capped at ``2^1000``
+    (``N`` is ``e``'s alone long before)."""
+    if _is_zero(e):
+        return 0.0
+    live = e > 0
+    exponent = xp.log2(xp.where(live, e * xp.ones_like(k), xp.ones_like(k))) - p * k
+    return xp.where(live, 2.0 ** xp.minimum(exponent, xp.full_like(exponent, 1000.0)), xp.zeros_like(exponent))
+
+
+def _is_zero(e):
+    return isinstance(e, (int, float)) and e == 0
 
 
 @loss(
@@ -894,10 +1070,11 @@ def triplet_margin_loss(xp, anchor, positive, negative, *, margin, p, eps, swap,
     At the hinge corner the gradient passes (PyTorch's ``clamp_min``).
 
     Precision: ``d(a, p) - d_n`` cancels where the distances are close; it is computed from
-    double-double differences of the inputs (:func:`_triplet_parts`). For ``p = 2`` the gradient's
-    ``G(v) - G(w)`` (nearly parallel differences) is taken through the rejection of one from the other
-    (:func:`_unit_difference`); for other ``p`` (but 1) it is the plain difference, accurate to ulps
-    of ``G``, not of itself.
+    double-double differences of the inputs (:func:`_triplet_parts`). The gradient's ``G(v) - G(w)``
+    (nearly parallel differences) is taken through the rejection of one from the other for ``p = 2``
+    (:func:`_unit_difference`) and through componentwise ratios to the dominant component for other
+    ``p`` (:func:`_lp_unit_difference`), each accurate to ulps of itself rather than of ``G``; for
+    ``p = 1`` it is a difference of signs, exact.
 
     Shapes: ``anchor``, ``positive``, ``negative (N, D)``; ``p`` in [1, 100].
     """
@@ -910,35 +1087,41 @@ def _triplet_margin_vjp(xp, cot, anchor, positive, negative, *, margin, p, eps, 
     parts = _triplet_parts(xp, anchor, positive, negative, p, eps, swap, eps_placement)
     vectors, dist = parts["vectors"], parts["dist"]
     g = _col(xp, cot * _indicator(xp, _triplet_argument(xp, parts, margin) >= 0, dist["ap"]))
-    unit = {key: _lp_norm_grad(xp, v, dist[key], p) for key, v in vectors.items()}
-    if swap:
-        an, pn = -parts["gaps"]["an"], -parts["gaps"]["pn"]  # the forward's max of the two gaps
-        w_an = xp.where(an < pn, xp.ones_like(an), xp.where(an == pn, xp.full_like(an, 0.5), xp.zeros_like(an)))
+    if p in (1, 2):
+        unit = {key: _lp_norm_grad(xp, v, dist[key], p) for key, v in vectors.items()}
+    else:
+        unit = {key: _lp_grad(xp, v, p, eps if eps_placement == "sum" else 0.0) for key, v in vectors.items()}
+    if swap:  # the forward's choice of the larger gap; 1/2 each at an exact tie (PyTorch's min)
+        half = xp.full_like(dist["ap"], 0.5)
+        w_an = xp.where(parts["tie"], half, xp.where(parts["pn_wins"], xp.zeros_like(half), xp.ones_like(half)))
         w_an, w_pn = _col(xp, w_an), _col(xp, 1 - w_an)
     else:
         w_an, w_pn = 1.0, 0.0
-    if p != 2:
+    if p == 1:  # sign(v) - sign(w): exact
         to_anchor = unit["ap"] - w_an * unit["an"]
         to_positive = unit["ap"] + w_pn * unit["pn"] if swap else unit["ap"]
         to_negative = w_an * unit["an"] + w_pn * unit["pn"] if swap else unit["an"]
         return g * to_anchor, -g * to_positive, g * to_negative
-    # p = 2: the sums and differences of unit vectors that cancel, without cancellation; the
-    # differences of the vectors (w - v) come from the inputs (_triplet_parts), not from the vectors
+    # the sums and differences of norm gradients that cancel, without cancellation; the differences
+    # of the vectors (w - v) come from the inputs (_triplet_parts), not from the vectors
     dd, e, fg = parts["dd"], parts["e_scaled"], parts["fg"]
+
+    def difference(v, w, delta):  # G(v) - G(w)
+        return _unit_difference(xp, v, w, delta, e) if p == 2 else _lp_unit_difference(xp, v, w, delta, p, e)
 
     def minus(v):
         return -v[0], -v[1]
 
-    to_anchor = _unit_difference(xp, dd["ap"], dd["an"], minus(fg["an"][0]), e)  # u_ap - u_an
+    to_anchor = difference(dd["ap"], dd["an"], minus(fg["an"][0]))  # G_ap - G_an
     if not swap:
         return g * to_anchor, -g * unit["ap"], g * unit["an"]
-    to_anchor = w_an * to_anchor + w_pn * unit["ap"]  # u_ap - w_an u_an
-    plus = _unit_difference(xp, dd["ap"], minus(dd["pn"]), minus(fg["pn"][1]), e)  # u_ap + u_pn
-    to_positive = w_pn * plus + w_an * unit["ap"]  # u_ap + w_pn u_pn
-    tie = (w_an == 0.5) & (w_pn == 0.5)
+    to_anchor = w_an * to_anchor + w_pn * unit["ap"]  # G_ap - w_an G_an
+    plus = difference(dd["ap"], minus(dd["pn"]), minus(fg["pn"][1]))  # G_ap + G_pn
+    to_positive = w_pn * plus + w_an * unit["ap"]  # G_ap + w_pn G_pn
     a, pos, neg, shift = parts["scaled"]
     delta = _dd_total(xp, neg, neg, -pos, -a, *(-t for t in shift))  # -(v_an + v_pn)
-    to_negative = xp.where(tie, 0.5 * _unit_difference(xp, dd["an"], minus(dd["pn"]), delta, e), w_an * unit["an"] + w_pn * unit["pn"])
+    tie = _col(xp, parts["tie"])
+    to_negative = xp.where(tie, 0.5 * difference(dd["an"], minus(dd["pn"]), delta), w_an * unit["an"] + w_pn * unit["pn"])
     return g * to_anchor, -g * to_positive, g * to_negative
 
 

@@ -42,7 +42,8 @@ import array_api_compat
 
 from .. import domains as D
 from ..loss import Input, Param, _check_labels, _check_values, _match_shape, loss
-from ..xp import is_floating, is_integer, namespace, one_hot, sigmoid, softmax
+from ..xp import dd_mul, dd_sum, is_floating, is_integer, namespace, one_hot, renormalise, sigmoid, softmax, take_along_axis, two_prod, two_sum
+from .regression import _dd_add, _dd_div, _exp_dd, _log_dd, _shift_600  # shim candidates (to move into refloss.xp)
 
 __all__ = [
     "dice_loss",
@@ -284,6 +285,12 @@ def _core(xp, x, y, *, formula, conv, activation, include_background, gamma=None
         positive = ~(base == 0)  # NaN propagates through the power
         safe = xp.where(positive, base, xp.ones_like(base))
         out = xp.where(positive, safe**gamma, xp.zeros_like(base) if gamma > 0 else xp.ones_like(base))
+        log_base = _log_tiny_base(xp, x, y, base, formula=formula, conv=conv, activation=activation,
+                                  include_background=include_background, den=den, keep=keep)
+        if log_base is not None:  # u^gamma = exp(gamma log u) where u (or its sums) left the normal range
+            power = _dd_scale(xp, gamma, log_base)
+            e_hi, e_lo = _exp_dd(xp, power[0])
+            out = xp.where(base < _TINY, e_hi + (e_lo + e_hi * power[1]), out)
 
     def backward(cot):
         # A constant cotangent (every reduction but 'none' with a random one) is factored out and applied
@@ -296,6 +303,9 @@ def _core(xp, x, y, *, formula, conv, activation, include_background, gamma=None
         return backward_unit(g)
 
     def backward_unit(g):
+        if activation == "softmax":
+            return _softmax_core_vjp(xp, x, y, g, formula=formula, conv=conv, include_background=include_background,
+                                     gamma=gamma, w_type=w_type)
         if gamma is not None:  # d u^gamma = gamma u^(gamma-1); 0 at the minimum u = 0 (a subgradient there)
             g = xp.where(positive, g * gamma * safe ** (gamma - 1), xp.zeros_like(g))
         if n_classes is not None:
@@ -354,6 +364,301 @@ def _core(xp, x, y, *, formula, conv, activation, include_background, gamma=None
         return _activation_vjp(xp, g_p, p_all, q_all, activation)
 
     return out, backward
+
+
+# ------------------------------------------------------------------------------------------------
+# The softmax VJP in double-double.
+#
+# Under the softmax the gradient is ``p_c (g_c - sum_j p_j g_j)`` per pixel, and the per-class
+# derivatives ``g_c = dL/dp_c`` of different classes (different units' ``1/Den``, ``L/Den``) are often
+# close: their differences cancel, and an ulp of each ``g`` (or of a probability they are summed from)
+# becomes many ulps of the result (6 to 9000 ulps seen on soft and on saturated targets). So this path
+# carries everything in double-double, from the probabilities (:func:`_softmax_dd`) through the sums,
+# the units and their derivatives to the backward, and rounds once. Pairs are ``(hi, lo)`` tuples.
+
+
+def _dd(xp, a):
+    return a, xp.zeros_like(a)
+
+
+def _dd_neg(a):
+    return -a[0], -a[1]
+
+
+def _dd_plus(xp, a, b):
+    return _dd_add(xp, a[0], a[1], b[0], b[1])
+
+
+def _dd_times(xp, a, b):
+    return dd_mul(xp, a[0], a[1], b[0], b[1])
+
+
+def _dd_scale(xp, c, a):
+    """A Python float (or a float array) times a double-double."""
+    hi, lo = two_prod(xp, a[0], c * xp.ones_like(a[0]))
+    return renormalise(xp, hi, lo + c * a[1])
+
+
+def _dd_over(xp, a, b):
+    return _dd_div(xp, a[0], a[1], b[0], b[1])
+
+
+def _dd_total(xp, a, axes):
+    """Sum of a double-double over ``axes`` (all: ``None``), keeping the others."""
+    hi, lo = a
+    axes = tuple(range(hi.ndim)) if axes is None else tuple(k % hi.ndim for k in axes)
+    kept = [k for k in range(hi.ndim) if k not in axes]
+    shape = tuple(hi.shape[k] for k in kept)
+    size = math.prod(hi.shape[k] for k in axes)
+    flat = [xp.reshape(xp.permute_dims(v, tuple(kept) + axes), shape + (size,)) for v in (hi, lo)]
+    return dd_sum(xp, *flat)
+
+
+def _softmax_dd(xp, x):
+    """``softmax(x)`` over axis 1 and its complement ``1 - softmax(x)``, as double-doubles, and the
+    probabilities again as ``(p 2^600, 2^-600)`` where they are below ``e^-650`` (else ``(p, 1)``): a
+    subnormal ``p`` has lost its precision, which a product with a huge derivative would expose.
+
+    ``e_c = exp(x_c - m)`` from the exact shift (TwoSum; ``exp(z + zc) = exp(z) (1 + zc)``) and a
+    double-double ``exp``; ``S = 1 + rest`` with ``rest`` the sum of the other classes' ``e``, and ``p = e / S``.
+    The complement is ``rest / S`` at the row maximum (where it can be tiny) and ``1 - p`` elsewhere
+    (``p <= 1/2`` there). Rows whose maximum is not finite give the plain softmax (NaN)."""
+    xt = xp.moveaxis(x, 1, -1)
+    m = xp.max(xt, axis=-1, keepdims=True)
+    fin = xp.isfinite(m)
+    z, zc = two_sum(xp, xt, -xp.where(fin, m, xp.zeros_like(m)))
+    e_hi, e_lo = _exp_dd(xp, z)
+    e = renormalise(xp, e_hi, e_lo + e_hi * zc)
+    top = xp.argmax(xp.where(fin, xt, xp.zeros_like(xt)), axis=-1, keepdims=True)
+    at_top = xp.arange(xt.shape[-1], device=array_api_compat.device(xt)) == top
+    zero = xp.zeros_like(e_hi)
+    rest = dd_sum(xp, xp.where(at_top, zero, e[0]), xp.where(at_top, zero, e[1]))
+    rest = (xp.expand_dims(rest[0], axis=-1), xp.expand_dims(rest[1], axis=-1))
+    total = _dd_plus(xp, _dd(xp, xp.ones_like(rest[0])), rest)
+    p = _dd_over(xp, e, (total[0] * xp.ones_like(e_hi), total[1] * xp.ones_like(e_hi)))
+    at_max = _dd_over(xp, rest, total)
+    one_minus = _dd_plus(xp, _dd(xp, xp.ones_like(e_hi)), _dd_neg(p))
+    q = tuple(xp.where(at_top, a * xp.ones_like(e_hi), b) for a, b in zip(at_max, one_minus))
+    # p below the normal range keeps its precision as p 2^600 (then scaled back where it is used)
+    low = z < -650.0
+    k_hi, k_lo = _shift_600(53)
+    zs, zs_lo = two_sum(xp, z, xp.where(low, xp.full_like(z, k_hi), xp.zeros_like(z)))
+    es_hi, es_lo = _exp_dd(xp, zs)
+    es = renormalise(xp, es_hi, es_lo + es_hi * (zs_lo + zc + xp.where(low, xp.full_like(z, k_lo), xp.zeros_like(z))))
+    p_scaled = _dd_over(xp, es, (total[0] * xp.ones_like(e_hi), total[1] * xp.ones_like(e_hi)))
+    unscale = xp.where(low, xp.full_like(z, 2.0**-600), xp.ones_like(z))
+    plain = softmax(x, axis=1, xp=xp)
+    back = [tuple(xp.moveaxis(v, -1, 1) for v in pair) for pair in (p, q, p_scaled)]
+    ok = xp.moveaxis(fin * xp.ones_like(xt, dtype=fin.dtype), -1, 1)
+    p = (xp.where(ok, back[0][0], plain), xp.where(ok, back[0][1], xp.zeros_like(plain)))
+    q = (xp.where(ok, back[1][0], 1 - plain), xp.where(ok, back[1][1], xp.zeros_like(plain)))
+    p_scaled = (xp.where(ok, back[2][0], plain), xp.where(ok, back[2][1], xp.zeros_like(plain)))
+    return p, q, (p_scaled, xp.where(ok, xp.moveaxis(unscale, -1, 1), xp.ones_like(plain)))
+
+
+_TINY = 2.0**-900  # a focal base below this is taken from its logarithm (_log_tiny_base)
+
+
+def _lse_dd(xp, log, axes):
+    """``log(sum(exp(log)))`` over ``axes`` for double-double logarithms (``-inf`` entries are left out; all
+    ``-inf``: ``-inf``): the maximum shifted out, ``exp`` and ``log`` as double-doubles."""
+    hi, lo = log
+    axes = tuple(k % hi.ndim for k in axes)
+    top = hi
+    for k in sorted(axes, reverse=True):
+        top = xp.max(top, axis=k, keepdims=True)
+    live = xp.isfinite(top)
+    t_hi, t_lo = two_sum(xp, hi, -xp.where(live, top, xp.zeros_like(top)))
+    e_hi, e_lo = _exp_dd(xp, t_hi)
+    rest = t_lo + xp.where(xp.isfinite(hi), lo, xp.zeros_like(lo))
+    total = _dd_total(xp, renormalise(xp, e_hi, e_lo + e_hi * rest), axes)
+    l_hi, l_lo = _log_dd(xp, *total)
+    for k in sorted(axes, reverse=True):
+        top, live = xp.squeeze(top, axis=k), xp.squeeze(live, axis=k)
+    out = _dd_add(xp, l_hi, l_lo, xp.where(live, top, xp.zeros_like(top)), xp.zeros_like(top))
+    return xp.where(live, out[0], top), xp.where(live, out[1], xp.zeros_like(top))
+
+
+def _log_tiny_base(xp, x, y, base, *, formula, conv, activation, include_background, den, keep):
+    """``log`` of the focal base (the Tversky loss, or its class mean) as a double-double where it is below
+    :data:`_TINY`, or ``None`` where nothing is (or where it cannot be: not the softmax, or smoothing
+    that keeps ``Err >= s_d - s_n > 0``).
+
+    Saturated logits make ``Err = a FP + b FN`` a sum of probabilities below the float64 range (the
+    loss ``(Err / Den)^gamma`` of ``1e-350`` is ``1e-263``); here every term is a logarithm: ``log p_c =
+    (x_c - max) - log S`` and ``log q_c`` from the sum of the other classes (at the row maximum, a
+    log-sum-exp of the others, which never underflows), the sums log-sum-exps (:func:`_lse_dd`)."""
+    _, _, err_c = formula
+    if activation != "softmax" or conv["s_d"] != conv["s_n"] or set(err_c) - {"FP", "FN"}:
+        return None
+    if not bool(xp.any(base < _TINY)):
+        return None
+    m = xp.max(x, axis=1, keepdims=True)
+    fin = xp.isfinite(m)
+    z, zc = two_sum(xp, x, -xp.where(fin, m, xp.zeros_like(m)))
+    _, (q_hi, q_lo), _ = _softmax_dd(xp, x)
+    e_hi, e_lo = _exp_dd(xp, z)
+    total = _dd_total(xp, renormalise(xp, e_hi, e_lo + e_hi * zc), (1,))
+    log_s = tuple(xp.expand_dims(v, axis=1) * xp.ones_like(x) for v in _log_dd(xp, *total))
+    log_p = _dd_plus(xp, renormalise(xp, z, zc), _dd_neg(log_s))
+    top = xp.argmax(xp.where(fin, x, xp.zeros_like(x)), axis=1, keepdims=True)
+    at_top = xp.arange(x.shape[1], device=array_api_compat.device(x))
+    at_top = xp.reshape(at_top, (1, -1) + (1,) * (x.ndim - 2)) == top
+    others = xp.where(at_top, xp.full_like(z, -math.inf), z), xp.where(at_top, xp.zeros_like(zc), zc)
+    log_rest = tuple(xp.expand_dims(v, axis=1) * xp.ones_like(x) for v in _lse_dd(xp, others, (1,)))
+    log_q_top = _dd_plus(xp, log_rest, _dd_neg(log_s))
+    log_q_other = _log_dd(xp, xp.where(at_top, xp.full_like(q_hi, 0.5), q_hi), xp.where(at_top, xp.zeros_like(q_lo), q_lo))
+    log_q = tuple(xp.where(at_top, a, b) for a, b in zip(log_q_top, log_q_other))
+    if (not include_background) and x.shape[1] > 1:
+        log_p, log_q, y = tuple(v[:, 1:, ...] for v in log_p), tuple(v[:, 1:, ...] for v in log_q), y[:, 1:, ...]
+    log_p, log_q, yf = tuple(_flat(xp, v) for v in log_p), tuple(_flat(xp, v) for v in log_q), _flat(xp, y)
+    minus_inf = xp.full_like(yf, -math.inf)
+    log_1my = _log_dd(xp, *renormalise(xp, *two_sum(xp, xp.ones_like(yf), -yf)))
+    log_y = _log_dd(xp, yf)
+    axes = {"sample_class": (2,), "batch_class": (0, 2), "sample": (1, 2), "all": (0, 1, 2)}[conv["agg"]]
+    parts = []
+    for key, (log_a, log_b) in {"FP": (log_p, log_1my), "FN": (log_q, log_y)}.items():
+        if err_c.get(key, 0.0) > 0:
+            term = _dd_plus(xp, log_a, log_b)
+            term = tuple(xp.where(xp.isfinite(log_b[0]), v, minus_inf if k == 0 else xp.zeros_like(v)) for k, v in enumerate(term))
+            total = _lse_dd(xp, term, axes)
+            coef = _log_dd(xp, xp.full_like(total[0], err_c[key]))
+            parts.append(_dd_plus(xp, total, coef))
+    if not parts:
+        return None
+    stacked = tuple(xp.stack([part[k] for part in parts], axis=-1) for k in range(2))
+    log_err = _lse_dd(xp, stacked, (-1,))
+    log_unit = _dd_plus(xp, log_err, _dd_neg(_log_dd(xp, den)))
+    if keep is not None:
+        log_unit = tuple(xp.where(keep, v, xp.full_like(v, -math.inf) if k == 0 else xp.zeros_like(v)) for k, v in enumerate(log_unit))
+    if conv["class_mean"] and log_unit[0].ndim:
+        classes = _log_dd(xp, xp.full_like(log_unit[0][..., 0], float(log_unit[0].shape[-1])))
+        log_unit = _dd_plus(xp, _lse_dd(xp, log_unit, (-1,)), _dd_neg(classes))
+    return log_unit
+
+
+def _softmax_core_vjp(xp, x, y, g_out, *, formula, conv, include_background, gamma, w_type):
+    """``dL/dx`` of the overlap core under the softmax, in double-double (see the section comment);
+    ``g_out`` is the cotangent of the core's output. The derivatives are the module docstring's."""
+    num_c, den_c, err_c = formula
+    p_full, q_full, p_scaled = _softmax_dd(xp, x)
+    drop = (not include_background) and x.shape[1] > 1
+    yy = y[:, 1:, ...] if drop else y
+    p = tuple(_flat(xp, v[:, 1:, ...] if drop else v) for v in p_full)
+    q = tuple(_flat(xp, v[:, 1:, ...] if drop else v) for v in q_full)
+    yf = _flat(xp, yy)
+    one_minus_y = renormalise(xp, *two_sum(xp, xp.ones_like(yf), -yf))  # exact for soft targets too
+    d = _dd_plus(xp, _dd_times(xp, p, one_minus_y), _dd_neg(_dd_scale(xp, yf, q)))  # p - y
+    terms = {
+        "I": lambda: _dd_scale(xp, yf, p), "FP": lambda: _dd_times(xp, p, one_minus_y),
+        "FN": lambda: _dd_scale(xp, yf, q), "SQ": lambda: _dd_times(xp, d, d), "P2": lambda: _dd_times(xp, p, p),
+        "G2": lambda: two_prod(xp, yf, yf), "G": lambda: _dd(xp, yf),
+    }
+    names = set(num_c) | set(den_c) | set(err_c) | {"G"}
+    sums = {k: _dd_total(xp, terms[k](), (2,)) for k in names}
+    w = None
+    if w_type is not None and w_type != "uniform":
+        g_sum = sums["G"]
+        pos = g_sum[0] > 0
+        safe = tuple(xp.where(pos, v, xp.ones_like(v) if k == 0 else xp.zeros_like(v)) for k, v in enumerate(g_sum))
+        inv = _dd_over(xp, _dd(xp, xp.ones_like(safe[0])), safe)
+        inv = _dd_times(xp, inv, inv) if w_type == "square" else inv
+        inv = tuple(xp.where(pos, v, xp.zeros_like(v)) for v in inv)
+        # an empty class takes the largest finite weight of its sample (the forward's rule, _gdl_weights)
+        big = xp.argmax(inv[0], axis=1, keepdims=True)
+        fill = tuple(take_along_axis(v, xp.squeeze(big, axis=1), axis=1, xp=xp) for v in inv)
+        w = tuple(xp.where(pos, v, xp.expand_dims(f, axis=1) * xp.ones_like(v)) for v, f in zip(inv, fill))
+    agg = conv["agg"]
+    axes = {"sample_class": None, "batch_class": (0,), "sample": (1,), "all": (0, 1)}[agg]
+
+    def aggregate(a):
+        a = a if w is None else _dd_times(xp, w, a)
+        return a if axes is None else _dd_total(xp, a, axes)
+
+    A = {k: aggregate(v) for k, v in sums.items()}
+
+    def combine(coefs, extra):
+        out = _dd(xp, xp.full_like(A["G"][0], extra))
+        for k, c in coefs.items():
+            out = _dd_plus(xp, out, _dd_scale(xp, c, A[k]))
+        return out
+
+    s_n, s_d, eps = conv["s_n"], conv["s_d"], conv["eps"]
+    num, den = combine(num_c, s_n), combine(den_c, s_d)
+    err = combine(err_c, 0.0)
+    err = _dd_plus(xp, err, renormalise(xp, *two_sum(xp, xp.full_like(err[0], s_d), xp.full_like(err[0], -s_n))))
+    ok = None if eps is None else den[0] >= eps
+    den1 = den if ok is None else tuple(xp.where(ok, v, xp.ones_like(v) if k == 0 else xp.zeros_like(v)) for k, v in enumerate(den))
+    unit = _dd_over(xp, err, den1)
+    if ok is not None:
+        clamped = _dd_plus(xp, _dd(xp, xp.ones_like(num[0])), _dd_neg(_dd_over(xp, num, _dd(xp, xp.full_like(num[0], eps)))))
+        unit = tuple(xp.where(ok, a, b) for a, b in zip(unit, clamped))
+    keep = None if not conv["mask_empty"] else ~(A["G"][0] == 0)
+    if keep is not None:
+        unit = tuple(xp.where(keep, v, xp.zeros_like(v)) for v in unit)
+    class_mean = conv["class_mean"] and unit[0].ndim
+    g = _dd(xp, g_out * xp.ones_like(unit[0][..., 0] if class_mean else unit[0]))
+    if gamma is not None:  # d u^gamma = gamma u^(gamma - 1); 0 at the minimum u = 0
+        classes = xp.full_like(unit[0][..., 0], float(unit[0].shape[-1])) if class_mean else None
+        base = _dd_over(xp, _dd_total(xp, unit, (-1,)), _dd(xp, classes)) if class_mean else unit
+        log_tiny = _log_tiny_base(xp, x, y, base[0], formula=formula, conv=conv, activation="softmax",
+                                  include_background=include_background, den=den[0], keep=keep)
+        positive = base[0] > 0
+        b1 = tuple(xp.where(positive, v, xp.ones_like(v) if k == 0 else xp.zeros_like(v)) for k, v in enumerate(base))
+        log_hi, log_lo = _log_dd(xp, b1[0], b1[1])
+        if log_tiny is not None:
+            tiny = base[0] < _TINY
+            positive = positive | tiny
+            log_hi, log_lo = xp.where(tiny, log_tiny[0], log_hi), xp.where(tiny, log_tiny[1], log_lo)
+        t = _dd_scale(xp, gamma - 1.0, (log_hi, log_lo))
+        # u^(gamma - 1) beyond the float64 range (u below e^-700 / (1 - gamma)): 0, as for an underflowed u
+        positive = positive & (t[0] < 700)
+        t = tuple(xp.where(positive, v, xp.zeros_like(v)) for v in t)
+        e_hi, e_lo = _exp_dd(xp, t[0])
+        power = renormalise(xp, e_hi, e_lo + e_hi * t[1])
+        factor = _dd_scale(xp, gamma, power)
+        g = tuple(xp.where(positive, v, xp.zeros_like(v)) for v in _dd_times(xp, g, factor))
+    if class_mean:
+        n_classes = xp.full_like(g[0], float(unit[0].shape[-1]))
+        g = tuple(xp.expand_dims(v, axis=-1) * xp.ones_like(unit[0]) for v in _dd_over(xp, g, _dd(xp, n_classes)))
+    if keep is not None:
+        g = tuple(xp.where(keep, v, xp.zeros_like(v)) for v in g)
+    # dL/dErr = g / Den, dL/dDen = -g L / Den; clamped (L = 1 - Num / eps): dL/dNum = -g / eps
+    g_err = _dd_over(xp, g, den1)
+    g_den = _dd_neg(_dd_times(xp, g_err, unit))
+    zero = xp.zeros_like(g[0])
+    if ok is not None:
+        g_err = tuple(xp.where(ok, v, zero) for v in g_err)
+        g_den = tuple(xp.where(ok, v, zero) for v in g_den)
+        g_num = tuple(xp.where(ok, zero, v) for v in _dd_neg(_dd_over(xp, g, _dd(xp, xp.full_like(g[0], eps)))))
+    basis = {"I": lambda: _dd(xp, yf), "FP": lambda: one_minus_y, "FN": lambda: _dd(xp, -yf),
+             "SQ": lambda: _dd_scale(xp, 2.0, d), "P2": lambda: _dd_scale(xp, 2.0, p)}
+    g_p = _dd(xp, xp.zeros_like(p[0]))
+    for k, grad in basis.items():
+        coef = _dd(xp, zero)
+        for coefs, gk in ((err_c, g_err), (den_c, g_den)) + (((num_c, g_num),) if ok is not None else ()):
+            if k in coefs:
+                coef = _dd_plus(xp, coef, _dd_scale(xp, coefs[k], gk))
+        if all(k not in c for c in (num_c, den_c, err_c)):
+            continue
+        coef = tuple(_aggregate_vjp(xp, v, agg, sums["G"][0]) for v in coef)
+        if w is not None:
+            coef = _dd_times(xp, coef, w)
+        coef = tuple(xp.expand_dims(v, axis=2) for v in coef)
+        g_p = _dd_plus(xp, g_p, _dd_times(xp, (coef[0] * xp.ones_like(p[0]), coef[1] * xp.ones_like(p[0])), grad()))
+    g_p = tuple(xp.reshape(v, (yy.shape[0], yy.shape[1]) + tuple(x.shape[2:])) for v in g_p)
+    if drop:
+        zero_class = xp.zeros_like(x[:, :1, ...])
+        g_p = tuple(xp.concat([zero_class, v], axis=1) for v in g_p)
+    # p_c (g_c - sum_j p_j g_j), the g's measured from the row maximum's (exact: a shift of every g)
+    top = xp.argmax(p_full[0], axis=1, keepdims=True)
+    g_top = tuple(xp.take_along_axis(v, top, axis=1) for v in g_p)
+    gr = _dd_plus(xp, g_p, _dd_neg((g_top[0] * xp.ones_like(g_p[0]), g_top[1] * xp.ones_like(g_p[0]))))
+    p_sc, unscale = p_scaled
+    mean = _dd_total(xp, tuple(v * unscale for v in _dd_times(xp, p_sc, gr)), (1,))
+    mean = tuple(xp.expand_dims(v, axis=1) * xp.ones_like(gr[0]) for v in mean)
+    out = _dd_times(xp, p_sc, _dd_plus(xp, gr, _dd_neg(mean)))
+    return (out[0] + out[1]) * unscale
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ Hadsell et al. 2006, Schroff et al. 2015, Balntas et al. 2016), the reference no
 
 from __future__ import annotations
 
+import functools
+
 import mpmath
 import numpy as np
 
@@ -37,8 +39,26 @@ def _norm(M, v):
     return M.sqrt(_sq(v))
 
 
+def _decide(c) -> bool:
+    """A comparison's truth in either context. ``mpmath.iv`` answers ``None`` where the two intervals
+    overlap, which ``if`` would read as False: a hinge of an interval around 0 would then certify an
+    exact 0 however wide the interval (a cancelling ``d(a, p) - d(a, n) + margin``). Raise ValueError
+    instead, so that the core retries at more digits (and at an exact tie, in point arithmetic)."""
+    if c is None:
+        raise ValueError("undecided comparison: more digits needed")
+    return bool(c)
+
+
 def _hinge(z):
-    return z if z > 0 else 0 * z
+    return z if _decide(z > 0) else 0 * z
+
+
+def _smaller(a, b):
+    return a if _decide(a <= b) else b
+
+
+def _descending(a, b) -> int:
+    return -1 if _decide(a > b) else (1 if _decide(a < b) else 0)
 
 
 @oracle("center_loss")
@@ -76,14 +96,14 @@ def range_loss(M, features, labels, *, k, margin, intra_weight, inter_weight, re
         dists = [_sq(features[a] - features[b]) for x, a in enumerate(rows) for b in rows[x + 1 :]]
         if not dists:
             continue
-        top = sorted(dists, key=lambda d: -d)[: min(k, len(dists))]  # undecidable order: ValueError
+        top = sorted(dists, key=functools.cmp_to_key(_descending))[: min(k, len(dists))]
         if any(d == 0 for d in top):
             continue  # the harmonic mean's limit
         intra += len(top) / M.fsum([1 / d for d in top])
     means = [ops(M).sum(features[rows], axis=0) / len(rows) for rows in classes.values()]
     inter = M.mpf(0)
     if len(means) >= 2:
-        closest = min(_sq(means[p] - means[q]) for p in range(len(means)) for q in range(p + 1, len(means)))
+        closest = functools.reduce(_smaller, [_sq(means[p] - means[q]) for p in range(len(means)) for q in range(p + 1, len(means))])
         inter = _hinge(M.mpf(margin) - closest)
     value = M.mpf(intra_weight) * intra + M.mpf(inter_weight) * inter
     return reduce(M, np.asarray(value, dtype=object), reduction)
@@ -138,7 +158,7 @@ def triplet_margin_loss(M, anchor, positive, negative, *, margin, p, eps, swap, 
         d_neg = dist(anchor[i], negative[i])
         if swap:
             d_pn = dist(positive[i], negative[i])
-            d_neg = d_neg if d_neg <= d_pn else d_pn
+            d_neg = _smaller(d_neg, d_pn)
         values.append(_hinge(dist(anchor[i], positive[i]) - d_neg + M.mpf(margin)))
     return reduce(M, np.array(values, dtype=object).reshape(anchor.shape[:1]), reduction)
 
