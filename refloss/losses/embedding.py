@@ -870,7 +870,10 @@ def _unit_difference(xp, v, w, delta, e):
     own_v, own_w = _lp_norm(xp, v_hi, 2, e), _lp_norm(xp, w_hi, 2, e)
     v_zero, w_zero = own_v == 0, own_w == 0
     # the rejection form where both squares are resolved at the common scale and (1 - t)(1 + t) is finite
-    ahead = ~v_zero & ~w_zero & (t > 0) & (t < 2.0**400) & (vv_hi > 2.0**-900) & (ww_hi > 2.0**-900)
+    # (1 - t)(1 + t) finite and both squares normal: 2^400 and 2^-900 in float64 (2^50, 2^-109 in float32)
+    fi = xp.finfo(t.dtype)
+    big, tiny = 2.0 ** math.floor(math.log2(fi.max) * 25 / 64), 2.0 ** math.ceil(math.log2(fi.smallest_normal) * 7 / 8)
+    ahead = ~v_zero & ~w_zero & (t > 0) & (t < big) & (vv_hi > tiny) & (ww_hi > tiny)
     nv1 = xp.where(ahead, n_v, xp.where(v_zero, xp.ones_like(n_v), own_v))
     nw1 = xp.where(ahead, n_w, xp.where(w_zero, xp.ones_like(n_w), own_w))
     rr = xp.sum(r * r, axis=1)
