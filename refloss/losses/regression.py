@@ -8,15 +8,13 @@ Both are differentiable; the target's gradient is minus the input's unless state
 from __future__ import annotations
 
 import decimal
-import functools
 import math
-from fractions import Fraction
 
 import array_api_compat
 
 from .. import domains as D
 from ..loss import SAMPLE, Input, Param, loss
-from ..xp import dd_mul, dd_sub, dd_sum, renormalise, sum_to_shape, two_prod, two_sum, xlogy
+from ..xp import sum_to_shape, xlogy
 
 __all__ = [
     "balanced_l1_loss",
@@ -235,76 +233,20 @@ def poisson_nll_loss(xp, input, target, *, log_input, full, eps):
     ``l = exp(x) - y x`` for a log-rate ``x``; ``l = x - y log(x + eps)`` for a rate. ``full`` adds
     Stirling's ``y log y - y + log(2 pi y) / 2`` where ``y > 1`` (0 elsewhere, as PyTorch and TF).
 
-    Both forms cancel near their roots (``exp(x) ~ y x``), and ``full`` cancels further (near
-    ``x = log y`` the loss is ``~ log(2 pi y) / 2`` out of terms of size ``y log y``): every term is
-    formed as a double-double (:func:`_exp_dd`, :func:`_log_dd`, exact products and sums) and the sum
-    is rounded once, so the loss is correct to an ulp of itself however much the terms cancel.
-
-    Gradient: ``exp(x) - y`` (log-rate, from the double-double ``exp``) or ``(x + eps - y) / (x + eps)``
-    (rate; the numerator from exact sums). The target is data (counts) and is not differentiated;
-    the Stirling term is discontinuous at ``y = 1``.
+    Gradient: ``exp(x) - y`` (log-rate) or ``1 - y / (x + eps)``. The target is data (counts) and is
+    not differentiated; the Stirling term is discontinuous at ``y = 1``.
     """
     if log_input:
-        plain = xp.exp(input) - target * input
+        out = xp.exp(input) - target * input
     else:
-        plain = input - xlogy(target, input + eps, xp=xp)
-    if full:
-        plain = plain + _stirling(xp, target)
-    fin = xp.isfinite(plain)
-    x, y = xp.where(fin, input, xp.zeros_like(input)), xp.where(fin, target, xp.zeros_like(target))
-    zero = xp.zeros_like(x)
-    if log_input:
-        p, pe = two_prod(xp, y, x)
-        terms = [_exp_dd(xp, x), (-p, -pe)]
-    else:
-        r, re = two_sum(xp, x, xp.full_like(x, eps))
-        lr_hi, lr_lo = _log_dd(xp, r, re)
-        p, pe = dd_mul(xp, y, zero, lr_hi, lr_lo)
-        terms = [(x, zero), (-p, -pe)]
-    if full:
-        big = y > 1
-        ys = xp.where(big, y, xp.ones_like(y))
-        ly_hi, ly_lo = _log_dd(xp, ys)
-        q, qe = dd_mul(xp, ys, zero, ly_hi, ly_lo)
-        c_hi, c_lo = _half_log_2pi(xp.finfo(x.dtype))
-        stirling = [(q, qe), (-ys, zero), (0.5 * ly_hi, 0.5 * ly_lo), (xp.full_like(x, c_hi), xp.full_like(x, c_lo))]
-        terms += [(xp.where(big, hi, zero), xp.where(big, lo, zero)) for hi, lo in stirling]
-    total, _ = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
-    return xp.where(fin, total, plain)
-
-
-@functools.lru_cache(maxsize=None)
-def _log_2pi_parts(bits):
-    with decimal.localcontext() as ctx:
-        ctx.prec = 60
-        return _split(Fraction((2 * decimal.Decimal(_PI)).ln()) / 2, bits, 2)
-
-
-_PI = "3.14159265358979323846264338327950288419716939937510582097494459"
-
-
-def _half_log_2pi(fi):
-    """``log(2 pi) / 2`` as a pair of ``fi``'s dtype."""
-    return _log_2pi_parts(round(-math.log2(float(fi.eps))) + 1)
+        out = input - xlogy(target, input + eps, xp=xp)
+    return out + _stirling(xp, target) if full else out
 
 
 @poisson_nll_loss.defvjp
 def _poisson_vjp(xp, cot, input, target, *, log_input, full, eps):
-    if log_input:
-        plain = xp.exp(input) - target
-        fin = xp.isfinite(plain)
-        x, y = xp.where(fin, input, xp.zeros_like(input)), xp.where(fin, target, xp.zeros_like(target))
-        e_hi, e_lo = _exp_dd(xp, x)
-        exact = dd_sub(xp, e_hi, e_lo, y, xp.zeros_like(y))
-    else:
-        plain = 1 - target / (input + eps)
-        fin = xp.isfinite(plain) & xp.isfinite(input)
-        x, y = xp.where(fin, input, xp.zeros_like(input)), xp.where(fin, target, xp.zeros_like(target))
-        r, re = two_sum(xp, x, xp.full_like(x, eps))
-        n, ne = two_sum(xp, r, -y)
-        g = (n + (ne + re)) / r
-        exact = g - g * (re / r)  # the denominator's low part, to first order
-    return cot * xp.where(fin, exact, plain), None
+    d_input = xp.exp(input) - target if log_input else 1 - target / (input + eps)
+    return cot * d_input, None
 
 
 def _gaussian_nll_frozen(xp, base, input, target, var, *, full, eps):
@@ -314,26 +256,9 @@ def _gaussian_nll_frozen(xp, base, input, target, var, *, full, eps):
 
 
 def _gaussian_nll(xp, input, target, v, full):
-    """``(log v + d^2 / v) / 2`` (``+ log(2 pi) / 2``): the two terms cancel where ``d^2 / v ~ -log v``
-    (``v < 1``), so ``d`` is exact (TwoSum), ``d^2 / v`` and ``log v`` are double-doubles, and their sum
-    is rounded once."""
     d = input - target
-    plain = 0.5 * (xp.log(v) + d * d / v)
-    if full:
-        plain = plain + 0.5 * math.log(2 * math.pi)
-    fin = xp.isfinite(plain)
-    w = xp.where(fin, v, xp.ones_like(plain))
-    sq_hi, sq_lo = _exact_square(xp, input, target, fin)
-    q = sq_hi / w
-    p, pe = two_prod(xp, q, w)
-    q_lo = (((sq_hi - p) - pe) + sq_lo) / w
-    l_hi, l_lo = _log_dd(xp, w)
-    terms = [(0.5 * q, 0.5 * q_lo), (0.5 * l_hi, 0.5 * l_lo)]
-    if full:
-        c_hi, c_lo = _half_log_2pi(xp.finfo(w.dtype))
-        terms.append((xp.full_like(w, c_hi), xp.full_like(w, c_lo)))
-    total, _ = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
-    return xp.where(fin, total, plain)
+    out = 0.5 * (xp.log(v) + d * d / v)
+    return out + 0.5 * math.log(2 * math.pi) if full else out
 
 
 @loss(
@@ -370,27 +295,8 @@ def _gaussian_nll_vjp(xp, cot, input, target, var, *, full, eps):
     v = xp.maximum(var, eps)
     d = input - target
     g_input = cot * d / v
-    # d l / d var = (v - d^2) / (2 v^2) summed over var's broadcast dimensions, where v is constant: the
-    # sum of cot (v - d^2) cancels (terms of both signs, and v - d^2 itself), so it is a double-double
-    # sum of exact products, rounded once, then scaled.
-    plain = cot * (0.5 * (1 / v - (d / v) * (d / v)))
-    fin = xp.isfinite(plain)
-    vb = xp.where(fin, v, xp.ones_like(plain))
-    sq_hi, sq_lo = _exact_square(xp, input, target, fin)
-    n_hi, n_lo = two_sum(xp, vb, -sq_hi)
-    n_hi, n_lo = renormalise(xp, n_hi, n_lo - sq_lo)
-    c = xp.where(fin, cot * xp.ones_like(plain), xp.zeros_like(plain))
-    t_hi, t_lo = dd_mul(xp, c, xp.zeros_like(c), n_hi, n_lo)
-    total = _dd_sum_to_shape(xp, t_hi, t_lo, var.shape)
-    g_var = 0.5 * ((total / v) / v) + sum_to_shape(xp.where(fin, xp.zeros_like(plain), plain), var.shape, xp=xp)
+    g_var = sum_to_shape(cot * 0.5 * (1 / v - (d / v) * (d / v)), var.shape, xp=xp)
     return g_input, -g_input, g_var
-
-
-def _exact_square(xp, input, target, fin):
-    """``d^2`` with ``d = input - target`` exact (TwoSum), as a double-double; 0 off the lanes ``fin``."""
-    x, y = xp.where(fin, input, xp.zeros_like(input)), xp.where(fin, target, xp.zeros_like(target))
-    d_hi, d_lo = two_sum(xp, x, -y)
-    return dd_mul(xp, d_hi, d_lo, d_hi, d_lo)
 
 
 @loss(
@@ -461,164 +367,3 @@ def _balanced_l1_vjp(xp, cot, input, target, *, alpha, gamma, beta):
     b = _balanced_b(alpha, gamma)
     inside = alpha * (xp.log1p((b * t) / beta) + (1 - beta) / (b * t + beta))
     return _input_and_target(cot * xp.sign(d) * xp.where(t < beta, inside, xp.full_like(t, gamma)))
-
-
-# ------------------------------------------------------------------------------------------------
-# Shim candidates (to move into refloss.xp): double-double ``exp`` and ``log``.
-#
-# ``fl(exp(x))`` and ``fl(log(x))`` are off by up to an ulp of themselves; a loss that subtracts a
-# nearly equal quantity from them (``exp(x) - y x`` near its roots) turns that ulp into many ulps of
-# its result. These return ``(hi, lo)`` pairs good to ~2^-100 relative (in float64; twice the
-# significand of any floating dtype), from error-free transformations and a short Taylor series.
-
-
-def _dd_add(xp, a_hi, a_lo, b_hi, b_lo):
-    """``(a_hi + a_lo) + (b_hi + b_lo)`` as a double-double (the high parts summed exactly)."""
-    s, e = two_sum(xp, a_hi, b_hi)
-    return renormalise(xp, s, e + (a_lo + b_lo))
-
-
-def _round_bits(q: Fraction, bits: int) -> float:
-    """``q`` rounded to ``bits`` significant bits (a float, exact)."""
-    if q == 0:
-        return 0.0
-    e = math.floor(math.log2(abs(q)))
-    scale = Fraction(2) ** (bits - 1 - e)
-    return float(Fraction(round(q * scale)) / scale)
-
-
-def _split(q: Fraction, bits: int, parts: int, first_bits=None) -> tuple:
-    """``q`` as ``parts`` floats of ``bits`` bits (the first of ``first_bits``), largest first, summing to ``q``
-    to ~``2^-(first_bits + (parts - 1) bits)`` relative."""
-    out = []
-    for k in range(parts):
-        v = _round_bits(q, first_bits if k == 0 and first_bits else bits)
-        out.append(v)
-        q -= Fraction(v)
-    return tuple(out)
-
-
-# Taylor coefficients of expm1(s)/s = sum s^(n-1)/n!: double-double below _EXP_DD_TERMS, plain above.
-_EXP_SQUARINGS = 6  # exp(r) = (exp(r / 2^6))^(2^6): |r / 2^6| <= ln 2 / 128, twelve terms suffice
-_EXP_TERMS = 12
-_EXP_DD_TERMS = 7
-
-
-@functools.lru_cache(maxsize=None)
-def _exp_constants(bits: int):
-    """For a ``bits``-bit significand: ``ln 2`` in three parts (the first short enough that ``k`` times it
-    is exact for any exponent ``k``), ``1/n!`` as pairs, and ``log`` of the largest and the smallest normal."""
-    with decimal.localcontext() as ctx:
-        ctx.prec = 80
-        ln2 = Fraction(decimal.Decimal(2).ln())
-    exponent_bits = 12  # |k| < 2^11 covers every float64 exponent
-    ln2_parts = _split(ln2, bits, 3, first_bits=bits - exponent_bits)
-    coeffs = [_split(Fraction(1, math.factorial(n)), bits, 2) for n in range(_EXP_TERMS + 1)]
-    return ln2_parts, coeffs
-
-
-def _bits(xp, x) -> int:
-    return round(-math.log2(float(xp.finfo(x.dtype).eps))) + 1
-
-
-def _exp_dd(xp, x):
-    """``exp(x)`` as ``(hi, lo)`` to ~2^-100 relative (float64) where ``lo`` is a normal number (below 2^53
-    times the smallest normal, ``lo`` is subnormal and the pair as precise as it can hold).
-
-    ``x = k ln 2 + r`` with ``r`` as a double-double (``ln 2`` in three parts, ``k ln2_hi`` exact),
-    ``expm1(r / 2^6)`` by Horner (the leading terms in double-double), six squarings in the
-    ``expm1`` form ``u -> u (2 + u)`` (no loss near ``r = 0``), then ``2^k (1 + u)`` scaled exactly in two
-    halves. Where ``exp(x)`` is subnormal or overflows it is ``exp(x)`` with ``lo = 0``.
-    """
-    fi = xp.finfo(x.dtype)
-    bits = _bits(xp, x)
-    ln2, coeffs = _exp_constants(bits)
-    ok = (x > math.log(float(fi.smallest_normal))) & (x < math.log(float(fi.max)))
-    x0 = xp.where(ok, x, xp.zeros_like(x))
-    k = xp.round(x0 * (1 / (ln2[0] + ln2[1])))
-    r = x0 - k * ln2[0]  # exact: k ln2[0] is exact and within a factor 2 of x0 (Sterbenz)
-    p, pe = two_prod(xp, k, xp.full_like(x0, ln2[1]))
-    r_hi, r_lo = two_sum(xp, r, -p)
-    s_hi, s_lo = renormalise(xp, r_hi, r_lo - (pe + k * ln2[2]))
-    s_hi, s_lo = s_hi * 2.0**-_EXP_SQUARINGS, s_lo * 2.0**-_EXP_SQUARINGS
-    q = xp.full_like(x0, coeffs[_EXP_TERMS][0])
-    for n in range(_EXP_TERMS - 1, _EXP_DD_TERMS - 1, -1):
-        q = coeffs[n][0] + s_hi * q
-    q_hi, q_lo = q, xp.zeros_like(q)
-    for n in range(_EXP_DD_TERMS - 1, 0, -1):
-        q_hi, q_lo = dd_mul(xp, s_hi, s_lo, q_hi, q_lo)
-        q_hi, q_lo = _dd_add(xp, q_hi, q_lo, xp.full_like(x0, coeffs[n][0]), xp.full_like(x0, coeffs[n][1]))
-    u_hi, u_lo = dd_mul(xp, s_hi, s_lo, q_hi, q_lo)
-    for _ in range(_EXP_SQUARINGS):
-        t_hi, t_lo = _dd_add(xp, u_hi, u_lo, xp.full_like(x0, 2.0), xp.zeros_like(x0))
-        u_hi, u_lo = dd_mul(xp, u_hi, u_lo, t_hi, t_lo)
-    e_hi, e_lo = _dd_add(xp, u_hi, u_lo, xp.ones_like(x0), xp.zeros_like(x0))
-    k1 = xp.floor(k / 2)
-    f1, f2 = 2.0**k1, 2.0 ** (k - k1)
-    e_hi, e_lo = e_hi * f1 * f2, e_lo * f1 * f2
-    return xp.where(ok, e_hi, xp.exp(xp.where(ok, xp.zeros_like(x), x))), xp.where(ok, e_lo, xp.zeros_like(x))
-
-
-def _log_dd(xp, a, a_lo=None):
-    """``log(a + a_lo)`` as ``(hi, lo)`` to ~2^-100 absolute for normal ``a > 0`` (subnormal ``a``: as
-    precise as ``a`` itself); ``log(a)`` with ``lo = 0`` for ``a <= 0`` and non-finite ``a``.
-
-    ``L = fl(log a)`` corrected by one Newton step on ``exp``: ``log a = L + log1p((a - E) / E)`` with
-    ``E = exp(L)`` from :func:`_exp_dd`; ``a - E_hi`` is exact (Sterbenz) and ``d = (a - E) / E`` is at
-    most an ulp of ``L`` (2^-43 for ``|L| ~ 700``), so ``log1p(d) = d - d^2 / 2`` to below the target.
-    ``a`` far from 1 is first scaled by ``2^-+600`` (exact), and ``-+600 log 2`` added as a pair.
-    ``a_lo`` adds ``a_lo / a`` (first order).
-    """
-    fi = xp.finfo(a.dtype)
-    bits = _bits(xp, a)
-    live = (a > 0) & (a <= float(fi.max))
-    small, large = live & (a < 2.0**-600), live & (a > 2.0**600)
-    a0 = xp.where(live, a, xp.ones_like(a))
-    a0 = a0 * xp.where(small, xp.full_like(a0, 2.0**600), xp.where(large, xp.full_like(a0, 2.0**-600), xp.ones_like(a0)))
-    hi = xp.log(a0)
-    e_hi, e_lo = _exp_dd(xp, hi)
-    d = ((a0 - e_hi) - e_lo) / e_hi
-    lo = d - 0.5 * d * d
-    if a_lo is not None:
-        lo = lo + xp.where(live, a_lo, xp.zeros_like(a_lo)) / xp.where(live, a, xp.ones_like(a))
-    shift_hi, shift_lo = _shift_600(bits)
-    sign = xp.where(small, -xp.ones_like(a), xp.where(large, xp.ones_like(a), xp.zeros_like(a)))
-    hi, lo2 = two_sum(xp, hi, sign * shift_hi)
-    hi, lo = renormalise(xp, hi, lo + lo2 + sign * shift_lo)
-    plain = xp.log(xp.where(a > 0, a, xp.ones_like(a)))
-    return xp.where(live, hi, xp.where(a > 0, plain, _log_nonpositive(xp, a))), xp.where(live, lo, xp.zeros_like(a))
-
-
-@functools.lru_cache(maxsize=None)
-def _shift_600(bits):
-    """``600 log 2`` as a pair."""
-    with decimal.localcontext() as ctx:
-        ctx.prec = 80
-        return _split(600 * Fraction(decimal.Decimal(2).ln()), bits, 2)
-
-
-def _log_nonpositive(xp, a):
-    return xp.where(a == 0, xp.full_like(a, -math.inf), xp.full_like(a, math.nan))
-
-
-def _dd_sum_to_shape(xp, hi, lo, shape):
-    """:func:`refloss.xp.sum_to_shape` of ``hi + lo`` with every sum a double-double (:func:`refloss.xp.dd_sum`)
-    rounded once: the sums of terms of both signs that a broadcast parameter's gradient collects."""
-    shape = tuple(shape)
-    lead = hi.ndim - len(shape)
-    summed = list(range(lead)) + [lead + k for k, n in enumerate(shape) if n == 1 and hi.shape[lead + k] != 1]
-    kept = [a for a in range(hi.ndim) if a not in summed]
-    size = math.prod(hi.shape[a] for a in summed)
-    kept_shape = tuple(hi.shape[a] for a in kept)
-    flat = [xp.reshape(xp.permute_dims(a, tuple(kept + summed)), kept_shape + (size,)) for a in (hi, lo)]
-    total, _ = dd_sum(xp, *flat)
-    return xp.reshape(total, shape)
-
-
-def _dd_div(xp, a_hi, a_lo, b_hi, b_lo):
-    """``(a_hi + a_lo) / (b_hi + b_lo)`` as a double-double: the quotient, and the remainder ``a - q b``
-    (exact products) divided once more."""
-    q = a_hi / b_hi
-    p, e = two_prod(xp, q, b_hi)
-    r = ((a_hi - p) - e) + (a_lo - q * b_lo)
-    return renormalise(xp, q, r / b_hi)
