@@ -14,6 +14,7 @@ and runs on NumPy, CuPy, array-api-strict and any other array-API library::
 from __future__ import annotations
 
 from . import xp
+from .backends import use_backend
 from .inference import class_probabilities, cosine_logits, margin_logits, verification_scores
 from .loss import REDUCTIONS, Input, Loss, Param, catalog, get
 from .losses.box import *  # noqa: F403
@@ -34,7 +35,7 @@ def value_and_grad(loss: Loss, *inputs, **params):
 
 
 __all__ = [
-    "REDUCTIONS", "Input", "Loss", "Param", "catalog", "get", "value_and_grad", "xp",
+    "REDUCTIONS", "Input", "Loss", "Param", "catalog", "get", "value_and_grad", "xp", "use_backend",
     "class_probabilities", "cosine_logits", "margin_logits", "verification_scores",
 ] + sorted(
     name for name, obj in dict(globals()).items() if isinstance(obj, Loss)

@@ -9,6 +9,8 @@
   manifest; a case outside the certification policy fails the build (its loss's file is not written).
 - ``refloss golden verify [--losses ...] [--dir golden]``: checks the manifest and every line, and
   recomputes every case with the installed refloss against the stored exact results.
+- ``refloss conform torch|pml|jax|tensorflow|numpy [--losses ...] [--dtypes ...] [--report DIR]``: checks a
+  framework (or refloss's own backends) against the golden files: pass, convention, defect or not offered.
 """
 
 from __future__ import annotations
@@ -232,11 +234,47 @@ def plot_command(argv=None) -> int:
     return plot_main(argv)
 
 
+def conform_command(argv=None) -> int:
+    from . import conformance
+    from .conformance import policy, report
+
+    parser = argparse.ArgumentParser(
+        prog="refloss conform",
+        description="Check frameworks against the golden files: per loss, per dtype, per convention, a verdict "
+        "(pass, convention, defect, not offered) for every case.",
+    )
+    parser.add_argument("targets", nargs="+", choices=list(conformance.TARGETS), metavar="TARGET",
+                        help=f"what to check: {', '.join(conformance.TARGETS)} (numpy: refloss's own backends)")
+    parser.add_argument("--losses", nargs="+", metavar="LOSS", help="only these losses")
+    parser.add_argument("--dtypes", nargs="+", choices=policy.DTYPES, metavar="DTYPE", help="only these dtypes (default: all)")
+    parser.add_argument("--golden", default=None, help="golden directory (default: ./golden, else the one beside refloss)")
+    parser.add_argument("--per-loss", type=int, default=None, metavar="K", help="only K cases of each loss, spread over its file")
+    parser.add_argument("--report", metavar="DIR", help="write report.md, report.json and report.html into DIR")
+    parser.add_argument("--fail-on", choices=("defect", "convention", "never"), default="never",
+                        help="exit 1 when a defect (or also a convention) is found (default: never)")
+    args = parser.parse_args(argv)
+    try:
+        run = conformance.run(args.targets, args.golden or conformance.default_golden(), args.losses, args.dtypes, args.per_loss, progress=_bar)
+    except KeyError as e:
+        print(f"refloss conform: {e.args[0]}", file=sys.stderr)
+        return 2
+    report.terminal(run)
+    if args.report:
+        paths = report.write(run, args.report)
+        print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    if run.unavailable and not run.targets:
+        print(f"refloss conform: nothing could run ({'; '.join(f'{t}: {w}' for t, w in run.unavailable.items())})", file=sys.stderr)
+        return 2
+    bad = {"defect": ("defect",), "convention": ("defect", "convention"), "never": ()}[args.fail_on]
+    return 1 if any(o.verdict in bad for o in run.outcomes) else 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"check": check, "catalog": catalog_command, "golden": golden_command, "plot": plot_command}
+    commands = {"check": check, "catalog": catalog_command, "golden": golden_command, "plot": plot_command,
+                "conform": conform_command}
     if not argv or argv[0] not in commands:
-        print("usage: refloss {check,catalog,golden,plot} [options]\n\n" + (__doc__ or ""), file=sys.stderr)
+        print("usage: refloss {check,catalog,golden,conform,plot} [options]\n\n" + (__doc__ or ""), file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
 

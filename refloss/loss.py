@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import array_api_compat
 
+from . import backends as _backends
 from . import xp as _xp
 
 __all__ = [
@@ -489,6 +490,20 @@ class Loss:
     def _kw(self, call):
         return {k: v for k, v in call.params.items() if k != "reduction"}
 
+    def _kernel(self, call):
+        """The backend hook: the fused kernel the active backend has for this loss on these arrays,
+        or ``None`` (refloss.backends: by array type, and by ``use_backend`` / ``REFLOSS_BACKEND`` for
+        NumPy inputs). A kernel may still decline a call by returning ``None``; the loss's own
+        ``forward`` and VJP run then."""
+        return _backends.kernel(self.name, call.inputs)
+
+    def _forward(self, call):
+        """The unreduced loss: the backend's kernel where it takes the call, else :attr:`forward`."""
+        kw = self._kw(call)
+        kernel = self._kernel(call)
+        out = None if kernel is None else kernel.forward(call.xp, call.inputs, kw)
+        return self.forward(call.xp, *call.inputs, **kw) if out is None else out
+
     def _mean_weight(self, call):
         if self.mean_weight is None or call.reduction != "mean":
             return None
@@ -512,7 +527,7 @@ class Loss:
 
             return call_primitive(self, args, kwargs)
         call = self._bind(args, kwargs)
-        unreduced = self.forward(call.xp, *call.inputs, **self._kw(call))
+        unreduced = self._forward(call)
         return reduce(call.xp, unreduced, call.reduction, self._mean_weight(call))
 
     def unreduced(self, *args, **kwargs):
@@ -522,7 +537,7 @@ class Loss:
             other, args, kwargs = routed
             return other.unreduced(*args, **kwargs)
         call = self._bind(args, kwargs)
-        return self.forward(call.xp, *call.inputs, **self._kw(call))
+        return self._forward(call)
 
     def value_and_grad(self, *args, cotangent=None, **kwargs):
         """``(value, grads)``: the reduced loss and its analytic gradient.
@@ -537,15 +552,29 @@ class Loss:
             return other.value_and_grad(*args, cotangent=cotangent, **kwargs)
         call = self._bind(args, kwargs)
         xp, kw = call.xp, self._kw(call)
-        unreduced = self.forward(xp, *call.inputs, **kw)
         mean_weight = self._mean_weight(call)
+
+        def cot_for(unreduced):
+            # the cotangent of the unreduced loss; only the shape and dtype of ``unreduced`` are read
+            # (a kernel passes an empty array of that shape before it has computed the loss)
+            c = cotangent
+            if c is None and call.reduction == "none":
+                c = xp.ones_like(unreduced)
+            elif c is None:
+                c = xp.ones((), dtype=unreduced.dtype, device=array_api_compat.device(unreduced))
+            return reduce_vjp(xp, c, unreduced, call.reduction, mean_weight)
+
+        kernel = self._kernel(call)
+        fused = None if kernel is None else kernel.value_and_grad(xp, call.inputs, kw, cot_for)
+        if fused is not None:
+            unreduced, grads = fused
+            grads = list(grads)
+        else:
+            unreduced = self.forward(xp, *call.inputs, **kw)
+            if self._vjp is None:
+                raise NotImplementedError(f"{self.name}: no VJP declared")
+            grads = list(self._vjp(xp, cot_for(unreduced), *call.inputs, **kw))
         value = reduce(xp, unreduced, call.reduction, mean_weight)
-        if cotangent is None:
-            cotangent = xp.ones_like(value)
-        cot = reduce_vjp(xp, cotangent, unreduced, call.reduction, mean_weight)
-        if self._vjp is None:
-            raise NotImplementedError(f"{self.name}: no VJP declared")
-        grads = list(self._vjp(xp, cot, *call.inputs, **kw))
         if len(grads) != len(self.inputs):
             raise RuntimeError(f"{self.name}: VJP returned {len(grads)} gradients for {len(self.inputs)} inputs")
         for k, spec in enumerate(self.inputs):

@@ -1,0 +1,520 @@
+"""Time refloss's backends against PyTorch, JAX and TensorFlow on the same inputs, in one run.
+
+    .venv/bin/python benchmarks/run.py            # full run (10 timed repetitions), writes benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/run.py --quick    # 3 repetitions, a check that everything runs
+
+Workloads (float32, forward + backward, mean reduction): softmax cross-entropy at 2048 x 32000 and
+256 x 128000; ArcFace with features 1024 x 512 and 20000 classes; BCE-with-logits and sigmoid focal
+on 8 x 1 x 512 x 512; triplet margin on 4096 x 512. Each framework runs its own idiomatic
+forward + backward (PyTorch autograd on the CPU, ``jax.jit(jax.value_and_grad)`` with optax where it
+has the loss, ``tf.function`` with ``GradientTape``); refloss runs ``loss.value_and_grad`` under
+``use_backend("numpy")`` (the portable code) and ``use_backend("numba")``.
+
+The memory floor is measured here, not assumed: the copy bandwidth ``2 S / t`` of ``np.copyto`` of an
+array the size of the largest input (``S`` bytes read and written), and a workload's floor is the
+bytes it must move (read its inputs once, write the gradients refloss returns once) at that
+bandwidth. Medians are reported with their ratio to the fastest framework and to that floor; the
+targets of issue 7 are checked at the end. A fresh process measures the first call after import
+(Numba's cached compilation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FRAMEWORKS = ("torch", "jax", "tensorflow")
+
+
+def timed(fn, reps, warmup=1, slow=2.0):
+    """Median and minimum seconds of ``fn()`` over ``reps`` calls after ``warmup`` calls (one call
+    only for a call slower than ``slow`` seconds: the portable code at these sizes)."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    first = (time.perf_counter() - start) / max(warmup, 1)
+    n = reps if first < slow else 1
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), min(times)
+
+
+# --------------------------------------------------------------------------------------------------
+# Framework implementations (each builds a closure over its own copies of the inputs)
+
+
+def _torch():
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch
+
+
+def _jax():
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    return jax, jnp, optax
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return tf
+
+
+def ce_frameworks(z, y):
+    out = {}
+    try:
+        torch = _torch()
+        zt, yt = torch.from_numpy(z).requires_grad_(True), torch.from_numpy(y)
+
+        def run_torch():
+            zt.grad = None
+            loss = torch.nn.functional.cross_entropy(zt, yt)
+            loss.backward()
+            return loss, zt.grad
+
+        out["torch"] = run_torch
+    except ImportError:
+        pass
+    try:
+        jax, jnp, optax = _jax()
+        f = jax.jit(jax.value_and_grad(lambda z, y: optax.losses.softmax_cross_entropy_with_integer_labels(z, y).mean()))
+        zj, yj = jnp.asarray(z), jnp.asarray(y)
+        out["jax"] = lambda: jax.block_until_ready(f(zj, yj))
+    except ImportError:
+        pass
+    try:
+        tf = _tf()
+        zt_tf, yt_tf = tf.constant(z), tf.constant(y)
+
+        @tf.function
+        def step(z, y):
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z))
+            return loss, tape.gradient(loss, z)
+
+        out["tensorflow"] = lambda: step(zt_tf, yt_tf)
+    except ImportError:
+        pass
+    return out
+
+
+def arcface_frameworks(f, y, w, s=64.0, m=0.5):
+    """insightface's ArcFace (v1: the fallback ``c - m sin m`` where ``theta + m > pi``), then mean CE."""
+    import math
+
+    cos_m, sin_m, th, mm = math.cos(m), math.sin(m), math.cos(math.pi - m), math.sin(math.pi - m) * m
+    out = {}
+    try:
+        torch = _torch()
+        F = torch.nn.functional
+        ft, wt, yt = torch.from_numpy(f).requires_grad_(True), torch.from_numpy(w).requires_grad_(True), torch.from_numpy(y)
+
+        def run_torch():
+            ft.grad = wt.grad = None
+            c = F.linear(F.normalize(ft), F.normalize(wt))
+            cy = c.gather(1, yt[:, None])
+            sin = torch.sqrt((1.0 - cy * cy).clamp(0, 1))
+            phi = torch.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
+            logits = s * c.scatter(1, yt[:, None], phi)
+            loss = F.cross_entropy(logits, yt)
+            loss.backward()
+            return loss, ft.grad, wt.grad
+
+        out["torch"] = run_torch
+    except ImportError:
+        pass
+    try:
+        jax, jnp, optax = _jax()
+
+        def loss_fn(f, w, y):
+            fn = f / jnp.linalg.norm(f, axis=1, keepdims=True)
+            wn = w / jnp.linalg.norm(w, axis=1, keepdims=True)
+            c = fn @ wn.T
+            cy = jnp.take_along_axis(c, y[:, None], axis=1)
+            sin = jnp.sqrt(jnp.clip(1.0 - cy * cy, 0, 1))
+            phi = jnp.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
+            hot = jax.nn.one_hot(y, c.shape[1], dtype=bool)
+            logits = s * jnp.where(hot, phi, c)
+            return optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        g = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
+        fj, wj, yj = jnp.asarray(f), jnp.asarray(w), jnp.asarray(y)
+        out["jax"] = lambda: jax.block_until_ready(g(fj, wj, yj))
+    except ImportError:
+        pass
+    try:
+        tf = _tf()
+        ft_tf, wt_tf, yt_tf = tf.constant(f), tf.constant(w), tf.constant(y)
+
+        @tf.function
+        def step(f, w, y):
+            with tf.GradientTape() as tape:
+                tape.watch([f, w])
+                c = tf.matmul(tf.math.l2_normalize(f, axis=1), tf.math.l2_normalize(w, axis=1), transpose_b=True)
+                hot = tf.one_hot(y, c.shape[1], on_value=True, off_value=False, dtype=tf.bool)
+                cy = tf.reduce_sum(tf.where(hot, c, 0.0), axis=1, keepdims=True)
+                sin = tf.sqrt(tf.clip_by_value(1.0 - cy * cy, 0.0, 1.0))
+                phi = tf.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
+                logits = s * tf.where(hot, phi, c)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+            return loss, tape.gradient(loss, [f, w])
+
+        out["tensorflow"] = lambda: step(ft_tf, wt_tf, yt_tf)
+    except ImportError:
+        pass
+    return out
+
+
+def bce_frameworks(x, y):
+    out = {}
+    try:
+        torch = _torch()
+        xt, yt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(y)
+
+        def run_torch():
+            xt.grad = None
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(xt, yt)
+            loss.backward()
+            return loss, xt.grad
+
+        out["torch"] = run_torch
+    except ImportError:
+        pass
+    try:
+        jax, jnp, optax = _jax()
+        g = jax.jit(jax.value_and_grad(lambda x, y: optax.losses.sigmoid_binary_cross_entropy(x, y).mean()))
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        out["jax"] = lambda: jax.block_until_ready(g(xj, yj))
+    except ImportError:
+        pass
+    try:
+        tf = _tf()
+        xt_tf, yt_tf = tf.constant(x), tf.constant(y)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x))
+            return loss, tape.gradient(loss, x)
+
+        out["tensorflow"] = lambda: step(xt_tf, yt_tf)
+    except ImportError:
+        pass
+    return out
+
+
+def focal_frameworks(x, y, alpha=0.25, gamma=2.0):
+    """torchvision.ops.sigmoid_focal_loss's formula, optax.sigmoid_focal_loss, and the same in TF."""
+    out = {}
+    try:
+        torch = _torch()
+        F = torch.nn.functional
+        xt, yt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(y)
+
+        def run_torch():
+            xt.grad = None
+            p = torch.sigmoid(xt)
+            ce = F.binary_cross_entropy_with_logits(xt, yt, reduction="none")
+            p_t = p * yt + (1 - p) * (1 - yt)
+            loss = (alpha * yt + (1 - alpha) * (1 - yt)) * ce * (1 - p_t) ** gamma
+            loss = loss.mean()
+            loss.backward()
+            return loss, xt.grad
+
+        out["torch"] = run_torch
+    except ImportError:
+        pass
+    try:
+        jax, jnp, optax = _jax()
+        g = jax.jit(jax.value_and_grad(lambda x, y: optax.losses.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma).mean()))
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        out["jax"] = lambda: jax.block_until_ready(g(xj, yj))
+    except ImportError:
+        pass
+    try:
+        tf = _tf()
+        xt_tf, yt_tf = tf.constant(x), tf.constant(y)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                p = tf.sigmoid(x)
+                ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)
+                p_t = p * y + (1 - p) * (1 - y)
+                loss = tf.reduce_mean((alpha * y + (1 - alpha) * (1 - y)) * ce * (1 - p_t) ** gamma)
+            return loss, tape.gradient(loss, x)
+
+        out["tensorflow"] = lambda: step(xt_tf, yt_tf)
+    except ImportError:
+        pass
+    return out
+
+
+def triplet_frameworks(a, p, n):
+    out = {}
+    try:
+        torch = _torch()
+        at, pt, nt = (torch.from_numpy(v).requires_grad_(True) for v in (a, p, n))
+
+        def run_torch():
+            at.grad = pt.grad = nt.grad = None
+            loss = torch.nn.functional.triplet_margin_loss(at, pt, nt)
+            loss.backward()
+            return loss, at.grad
+
+        out["torch"] = run_torch
+    except ImportError:
+        pass
+    try:
+        jax, jnp, optax = _jax()
+        g = jax.jit(jax.value_and_grad(lambda a, p, n: optax.losses.triplet_margin_loss(a, p, n).mean(), argnums=(0, 1, 2)))
+        aj, pj, nj = jnp.asarray(a), jnp.asarray(p), jnp.asarray(n)
+        out["jax"] = lambda: jax.block_until_ready(g(aj, pj, nj))
+    except ImportError:
+        pass
+    try:
+        tf = _tf()
+        at_tf, pt_tf, nt_tf = tf.constant(a), tf.constant(p), tf.constant(n)
+
+        @tf.function
+        def step(a, p, n):
+            with tf.GradientTape() as tape:
+                tape.watch([a, p, n])
+                d_ap = tf.norm(a - p + 1e-6, axis=1)
+                d_an = tf.norm(a - n + 1e-6, axis=1)
+                loss = tf.reduce_mean(tf.maximum(d_ap - d_an + 1.0, 0.0))
+            return loss, tape.gradient(loss, [a, p, n])
+
+        out["tensorflow"] = lambda: step(at_tf, pt_tf, nt_tf)
+    except ImportError:
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# refloss
+
+
+def refloss_impls(name, inputs, params=None):
+    import refloss
+
+    loss = refloss.get(name)
+    params = params or {}
+    out = {}
+    for backend in ("numpy", "numba"):
+        if backend not in refloss.backends.available():
+            continue
+
+        def run(backend=backend):
+            with refloss.use_backend(backend):
+                return loss.value_and_grad(*inputs, **params)
+
+        out[f"refloss[{backend}]"] = run
+    return out
+
+
+def memory_bandwidth(nbytes, reps):
+    """Bytes per second of ``np.copyto`` (each byte read once and written once)."""
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    t, _ = timed(lambda: np.copyto(dst, src), reps)
+    return 2 * src.nbytes / t
+
+
+def matmuls_alone(f, w, reps):
+    """The three products of a margin loss, in float32: ``x W^T``, ``G W`` and ``G^T x``."""
+    g = np.random.default_rng(1).standard_normal((f.shape[0], w.shape[0])).astype(np.float32)
+
+    def run():
+        np.matmul(f, w.T)
+        np.matmul(g, w)
+        np.matmul(g.T, f)
+
+    return timed(run, reps)
+
+
+def first_call_seconds():
+    """A fresh interpreter: import refloss, select Numba, one cross-entropy value_and_grad (cached kernels)."""
+    code = (
+        "import time; t = time.perf_counter()\n"
+        "import numpy as np, refloss\n"
+        "refloss.use_backend('numba')\n"
+        "refloss.cross_entropy.value_and_grad(np.zeros((8, 10), np.float32), np.zeros(8, np.int64))\n"
+        "print(time.perf_counter() - t)\n"
+    )
+    run = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    run()  # fills Numba's cache if this installation has not run the kernel yet
+    return float(run().stdout.strip())
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def workloads(rng):
+    """``(title, inputs builder, refloss loss name, params, framework builder, floor bytes, kind)``."""
+
+    def ce(n, c):
+        def build():
+            z = rng.standard_normal((n, c), dtype=np.float32)
+            y = rng.integers(0, c, n)
+            return (z, y), 2 * z.nbytes
+
+        return build
+
+    def arcface():
+        f = rng.standard_normal((1024, 512), dtype=np.float32)
+        w = rng.standard_normal((20000, 512), dtype=np.float32)
+        y = rng.integers(0, 20000, 1024)
+        return (f, y, w), 0
+
+    def binary(grads):
+        def build():
+            x = rng.standard_normal((8, 1, 512, 512), dtype=np.float32) * 3
+            y = (rng.uniform(size=x.shape) < 0.3).astype(np.float32)
+            return (x, y), (2 + grads) * x.nbytes
+
+        return build
+
+    def triplet():
+        a, p, n = (rng.standard_normal((4096, 512), dtype=np.float32) for _ in range(3))
+        return (a, p, n), 6 * a.nbytes
+
+    return [
+        ("cross-entropy 2048 x 32000", ce(2048, 32000), "cross_entropy", {}, lambda i: ce_frameworks(*i)),
+        ("cross-entropy 256 x 128000", ce(256, 128000), "cross_entropy", {}, lambda i: ce_frameworks(*i)),
+        ("ArcFace 1024 x 512, 20000 classes", arcface, "arcface_loss", {}, lambda i: arcface_frameworks(i[0], i[1], i[2])),
+        ("BCE-with-logits 8 x 1 x 512 x 512", binary(2), "binary_cross_entropy_with_logits", {}, lambda i: bce_frameworks(*i)),
+        ("sigmoid focal 8 x 1 x 512 x 512", binary(1), "sigmoid_focal_loss", {}, lambda i: focal_frameworks(*i)),
+        ("triplet margin 4096 x 512", triplet, "triplet_margin_loss", {}, lambda i: triplet_frameworks(*i)),
+    ]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 10 (a check that everything runs)")
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown table to write (default benchmarks/RESULTS.md)")
+    ap.add_argument("--only", default="", help="comma-separated substrings of workload titles to run")
+    args = ap.parse_args(argv)
+    reps = 3 if args.quick else 10
+    rng = np.random.default_rng(0)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    bandwidth = memory_bandwidth(2048 * 32000 * 4, reps)
+    print(f"copy bandwidth {bandwidth / 1e9:.2f} GB/s (np.copyto of 262 MB); load average {load:.2f}", flush=True)
+    rows, checks = [], {}
+    for title, build, name, params, frameworks in workloads(rng):
+        if args.only and not any(s.strip() in title for s in args.only.split(",")):
+            continue
+        inputs, floor_bytes = build()
+        impls = {**frameworks(inputs), **refloss_impls(name, inputs, params)}
+        results = {}
+        for impl, fn in impls.items():
+            try:
+                med, best = timed(fn, reps)
+            except Exception as exc:  # noqa: BLE001 - one framework's failure is reported, not fatal
+                print(f"  {title:36s} {impl:16s} failed: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            results[impl] = (med, best)
+            print(f"  {title:36s} {impl:16s} {med * 1e3:10.1f} ms (min {best * 1e3:.1f})", flush=True)
+        fastest = min((results[k][0] for k in results if k in FRAMEWORKS), default=float("nan"))
+        floor = floor_bytes / bandwidth if floor_bytes else float("nan")
+        reference = None
+        if name == "arcface_loss":
+            reference = matmuls_alone(inputs[0], inputs[2], reps)[0]
+            print(f"  {title:36s} {'3 matmuls f32':16s} {reference * 1e3:10.1f} ms", flush=True)
+        for impl, (med, best) in results.items():
+            rows.append((title, impl, med, best, med / fastest, med / floor if floor_bytes else None, None if reference is None else med / reference))
+        checks[title] = (results, fastest, floor, reference)
+        del inputs, impls
+    first = first_call_seconds()
+    print(f"first call after import (fresh process, cached kernels): {first:.2f} s")
+    write_results(Path(args.out), rows, checks, bandwidth, first, load, reps)
+    print(f"wrote {args.out}")
+
+
+def _targets(checks, first):
+    lines = []
+
+    def get(title, impl):
+        r = checks.get(title)
+        return None if r is None or impl not in r[0] else r[0][impl][0]
+
+    for title in ("cross-entropy 2048 x 32000", "cross-entropy 256 x 128000"):
+        t, jax_t = get(title, "refloss[numba]"), get(title, "jax")
+        if t is not None:
+            floor = checks[title][2]
+            if jax_t is not None:
+                lines.append(f"{title}: refloss[numba] / JAX = {t / jax_t:.2f} (target <= 0.5): {'met' if t <= 0.5 * jax_t else 'not met'}")
+            lines.append(f"{title}: refloss[numba] / memory floor = {t / floor:.2f} (target <= 2.5): {'met' if t <= 2.5 * floor else 'not met'}")
+    title = "ArcFace 1024 x 512, 20000 classes"
+    t = get(title, "refloss[numba]")
+    if t is not None and checks[title][3]:
+        ratio = t / checks[title][3]
+        lines.append(f"{title}: refloss[numba] / three float32 matmuls = {ratio:.2f} (target <= 1.15): {'met' if ratio <= 1.15 else 'not met'}")
+    for title in ("BCE-with-logits 8 x 1 x 512 x 512", "sigmoid focal 8 x 1 x 512 x 512"):
+        t = get(title, "refloss[numba]")
+        if t is not None:
+            ratio = t / checks[title][2]
+            lines.append(f"{title}: refloss[numba] / memory floor = {ratio:.2f} (target <= 2): {'met' if ratio <= 2 else 'not met'}")
+    lines.append(f"first call after import (cached compilation): {first:.2f} s (target <= 2 s): {'met' if first <= 2 else 'not met'}")
+    return lines
+
+
+def write_results(path, rows, checks, bandwidth, first, load, reps):
+    import refloss
+
+    versions = []
+    for mod in ("numpy", "numba", "torch", "jax", "tensorflow"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    out = [
+        "# Benchmark results",
+        "",
+        f"`benchmarks/run.py` ({'quick: ' if reps < 10 else ''}{reps} timed repetitions, medians), "
+        f"{datetime.date.today().isoformat()}, refloss {refloss.__version__}; {cpu}, {os.cpu_count()} cores, "
+        f"load average {load:.2f} at the start; {', '.join(versions)}.",
+        "",
+        f"Memory floor: copy bandwidth {bandwidth / 1e9:.2f} GB/s measured by this run (np.copyto of 262 MB); a "
+        "workload's floor is the bytes it must move (inputs read once, refloss's gradients written once) at that bandwidth.",
+        "",
+        "| workload | implementation | median ms | min ms | / fastest framework | / memory floor | / 3 matmuls (f32) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for title, impl, med, best, vs_fw, vs_floor, vs_mm in rows:
+        fmt = lambda v: "" if v is None or v != v else f"{v:.2f}"
+        out.append(f"| {title} | {impl} | {med * 1e3:.1f} | {best * 1e3:.1f} | {fmt(vs_fw)} | {fmt(vs_floor)} | {fmt(vs_mm)} |")
+    out += ["", "## Targets (issue 7)", ""] + [f"- {line}" for line in _targets(checks, first)] + [""]
+    path.write_text("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
