@@ -11,6 +11,9 @@
   recomputes every case with the installed refloss against the stored exact results.
 - ``refloss conform torch|pml|jax|tensorflow|numpy [--losses ...] [--dtypes ...] [--report DIR]``: checks a
   framework (or refloss's own backends) against the golden files: pass, convention, defect or not offered.
+- ``refloss audit [--losses ...] [--frameworks ...] [--points N] [--out audit]``: sweeps each loss over its
+  stress axes and dtypes, judges refloss and the frameworks against the oracle, writes heatmaps and an
+  index page (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -269,12 +272,18 @@ def conform_command(argv=None) -> int:
     return 1 if any(o.verdict in bad for o in run.outcomes) else 0
 
 
+def audit_command(argv=None) -> int:
+    from .audit import main as audit_main
+
+    return audit_main(argv)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     commands = {"check": check, "catalog": catalog_command, "golden": golden_command, "plot": plot_command,
-                "conform": conform_command}
+                "conform": conform_command, "audit": audit_command}
     if not argv or argv[0] not in commands:
-        print("usage: refloss {check,catalog,golden,conform,plot} [options]\n\n" + (__doc__ or ""), file=sys.stderr)
+        print("usage: refloss {check,catalog,golden,conform,audit,plot} [options]\n\n" + (__doc__ or ""), file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
 

@@ -9,11 +9,16 @@ Each generator is ``domain(rng, shape, tag, dims, params) -> numpy.ndarray`` wit
 - ``edge``: the boundary of the domain: probabilities exactly 0 and 1, ties, ignored labels.
 
 Values are float64 (or int64 labels); the tests and the golden files cast them.
+
+At the end, the stress axes of ``refloss audit`` (:data:`STRESS_AXES`): sweeps that move a typical
+case's inputs, by kind (:data:`STRESS_KINDS`), toward where implementations lose accuracy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -942,3 +947,555 @@ def adaface_features(rng, shape, tag, dims, params):
         norm=lambda rng: rng.uniform(1.0, 150.0), leads=leads, edge_norms=(1e-3, 100.0),
     )
     return _features(_frame(c), a, norms, tag, params)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stress axes: the sweeps of ``refloss audit`` (refloss.audit).
+#
+# A stress axis moves one *kind* of input (logits, probabilities, a pair of boxes, ...) away from a
+# typical case through named levels, mild to severe. What an input holds is read from its domain
+# (:data:`STRESS_KINDS`, keyed by the generator's name; some depend on the parameters: ``seg_scores``
+# are probabilities under ``activation='none'``). An axis moves every input of its kind together (a
+# regression's input and target scale together) and may rebuild partners it needs: the target a
+# margin points to, the class weights a cosine is measured against. Nothing here changes the
+# generators above: the audit draws its base case with them (``refloss.cases.sample(..., 'typical')``).
+#
+# The audit rounds every point to 8 significant bits (bfloat16) so that one oracle evaluation serves
+# every dtype; the geometric constructions below therefore use powers of two (box sizes, feature
+# norms, the perpendicular part of a feature) so that the level survives the rounding, and a level
+# that the 8-bit grid cannot reach is reported as missing (``apply`` returns ``None``).
+
+
+def _probability_kind(params):
+    return "probabilities" if params.get("activation") == "none" else "logits"
+
+
+#: What an input drawn from each domain holds, by the generator's name (:func:`domain_name`); a
+#: callable maps the loss's parameters to the kind. Domains not listed have no stress axis.
+STRESS_KINDS = {
+    "logits": "logits",
+    "hinge_scores": "logits",
+    "seg_scores": _probability_kind,
+    "lovasz_scores": _probability_kind,
+    "probabilities": "probabilities",
+    "distributions": "distributions",
+    "kl_input": lambda params: "distributions" if params.get("convention") == "keras" else "log_probabilities",
+    "log_probabilities": "log_probabilities",
+    "values": "values",
+    "ranking_first": "values",
+    "ranking_second": "values",
+    "hinge_inputs": "values",
+    "variances": "variances",
+    "counts": "counts",
+    "poisson_input": lambda params: "log_rates" if params.get("log_input", True) else "rates",
+    "embeddings": "embeddings",
+    "moderate_embeddings": "embeddings",
+    "pair_first": "embeddings",
+    "pair_second": "embeddings",
+    "triplet_anchors": "embeddings",
+    "triplet_positives": "embeddings",
+    "triplet_negatives": "embeddings",
+    "radii": "radius",
+    "margin_features": "cosine_features",
+    "angular_features": "cosine_features",
+    "subcenter_features": "cosine_features",
+    "adacos_features": "cosine_features",
+    "curricular_features": "cosine_features",
+    "magface_features": "cosine_features",
+    "adaface_features": "cosine_features",
+    "margin_weights": "classifier_weights",
+    "small_weights": "classifier_weights",
+    "subcenter_weights": "classifier_weights",
+    "adacos_weights": "classifier_weights",
+    "rbf_features": "centre_features",
+    "lgm_features": "centre_features",
+    "rbf_centres": "centres",
+    "lgm_centres": "centres",
+    "boxes": "boxes",
+    "seg_targets": "masks",
+    "lovasz_targets": "masks",
+    "hinge_targets": "binary_masks",
+    "class_indices": "labels",
+    "margin_labels": "labels",
+    "binary_targets": "binary",
+    "hard_binary_targets": "binary",
+    "signs": "signs",
+    "sign_targets": "signs",
+    "multilabel_indices": "label_lists",
+}
+
+
+def domain_name(domain) -> str:
+    """The name :data:`STRESS_KINDS` knows a generator by: its ``__name__``, or for the box closures
+    (``boxes(kind, role)``) the factory's name."""
+    name = getattr(domain, "__name__", "")
+    return domain.__qualname__.partition(".")[0] if name == "domain" else name
+
+
+def stress_kinds(loss, params) -> dict:
+    """``{input name: kind or None}`` for ``loss`` under ``params``."""
+    out = {}
+    for spec in loss.inputs:
+        kind = STRESS_KINDS.get(domain_name(spec.domain)) if spec.domain is not None else None
+        out[spec.name] = kind(params) if callable(kind) else kind
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StressAxis:
+    """A named sweep of the inputs of kind ``kind``, through ``levels`` (``(label, value)``, mild to
+    severe). ``apply(inputs, kinds, params, value)`` takes the base case's inputs (a dict by name,
+    NumPy), their kinds and the parameters, and returns the inputs at that level (a new dict), or
+    ``None`` where the level does not exist for this case. ``needs`` lists groups of kinds of which
+    the loss must have one input each (a margin needs a target to point to)."""
+
+    name: str
+    kind: str
+    levels: tuple
+    apply: Callable
+    doc: str
+    needs: tuple = ()
+
+
+def _names(kinds, *wanted):
+    return [n for n, k in kinds.items() if k in wanted]
+
+
+def _top(inputs, names):
+    finite = [np.abs(np.asarray(inputs[n], dtype=float)) for n in names]
+    return max((float(np.max(a)) for a in finite if a.size), default=0.0)
+
+
+def _signed_inf(x):
+    """``+-inf`` with the sign of each entry (0 stays 0)."""
+    return np.where(x > 0, math.inf, np.where(x < 0, -math.inf, 0.0))
+
+
+def _scale_to(*kinds):
+    """Every input of ``kinds`` scaled together so that the largest magnitude is the level (signs and
+    ratios kept); at ``inf`` each nonzero entry becomes an infinity of its sign."""
+
+    def apply(inputs, k, params, level):
+        names = _names(k, *kinds)
+        top = _top(inputs, names)
+        if top == 0:
+            return None
+        out = dict(inputs)
+        for n in names:
+            x = np.asarray(inputs[n], dtype=float)
+            out[n] = _signed_inf(x) if math.isinf(level) else x * (level / top)
+        return out
+
+    return apply
+
+
+def _toward_zero(kind):
+    """Inputs of ``kind`` scaled so that the largest is the level (all of them toward 0, ratios kept)."""
+
+    def apply(inputs, k, params, level):
+        names = _names(k, kind)
+        top = _top(inputs, names)
+        if top == 0:
+            return None
+        return {**inputs, **{n: np.asarray(inputs[n], dtype=float) * (level / top) for n in names}}
+
+    return apply
+
+
+def _toward_one(inputs, k, params, level):
+    """Probabilities moved toward 1: ``1 - (1 - p) level / max(1 - p)``."""
+    names = _names(k, "probabilities")
+    gaps = {n: 1.0 - np.asarray(inputs[n], dtype=float) for n in names}
+    top = max(float(np.max(g)) for g in gaps.values() if g.size)
+    if top <= 0:
+        return None
+    return {**inputs, **{n: 1.0 - g * (level / top) for n, g in gaps.items()}}
+
+
+#: Kinds of target a score can be pushed toward (see :func:`_direction`).
+_TARGETS = ("labels", "binary", "signs", "label_lists", "masks", "binary_masks")
+
+
+def _direction(inputs, kinds, params, shape):
+    """``(d, changed)``: ``d`` is +1 where the loss's target wants a score of ``shape`` high, -1 where
+    low (0 where it says nothing), and ``changed`` the target inputs made hard for that to hold (soft
+    binary targets rounded to 0/1). ``None`` when the loss has no such target."""
+    for name, kind in kinds.items():
+        if kind not in _TARGETS:
+            continue
+        t = np.asarray(inputs[name])
+        if kind == "labels":
+            if len(shape) < 2:
+                return None
+            axis = params.get("axis", 1) % len(shape)
+            classes = np.arange(shape[axis]).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+            d = np.where(np.expand_dims(t, axis) == classes, 1.0, -1.0)
+            changed = {}
+        elif kind == "binary":
+            hard = (t >= 0.5).astype(float)
+            d, changed = 2.0 * hard - 1.0, {name: hard}
+        elif kind == "signs":
+            d, changed = np.sign(t).astype(float), {}
+        elif kind in ("masks", "binary_masks"):
+            d, changed = np.where(t >= 0.5, 1.0, -1.0), {}
+        else:  # label lists: the classes before the first -1
+            d = -np.ones(shape)
+            for row, labels in enumerate(t):
+                for label in labels:
+                    if label < 0:
+                        break
+                    d[row, label] = 1.0
+            changed = {}
+        try:
+            return np.broadcast_to(d, shape), changed
+        except ValueError:
+            return None
+    return None
+
+
+def _margin(sign):
+    """Scores pushed ``sign * m`` toward their target: ``u + sign d m`` with ``u`` the base scores
+    over their largest magnitude (in [-1, 1], which keeps ties broken) and ``d`` from
+    :func:`_direction`; at ``m = inf`` the pushed entries are infinite."""
+
+    def apply(inputs, k, params, m):
+        names = _names(k, "logits")
+        out = dict(inputs)
+        for n in names:
+            x = np.asarray(inputs[n], dtype=float)
+            found = _direction(inputs, k, params, x.shape)
+            top = float(np.max(np.abs(x))) if x.size else 0.0
+            if found is None or top == 0:
+                return None
+            d, changed = found
+            out.update(changed)
+            u = x / top
+            out[n] = np.where(d != 0, sign * d * math.inf, u) if math.isinf(m) else u + sign * d * m
+        return out
+
+    return apply
+
+
+def _score_axis(params, shape):
+    return params.get("axis", _class_axis(shape)) % len(shape) if len(shape) else 0
+
+
+def _sharpen(log_output):
+    """Probability rows ``p^k / sum p^k`` along the class axis (entries toward 0 and 1 together); as
+    log-probabilities when ``log_output``."""
+    kind = "log_probabilities" if log_output else "distributions"
+
+    def apply(inputs, k, params, level):
+        out = dict(inputs)
+        for n in _names(k, kind):
+            x = np.asarray(inputs[n], dtype=float)
+            axis = _score_axis(params, x.shape)
+            with np.errstate(divide="ignore"):
+                lp = (x if log_output else np.log(x)) * level
+            lp = lp - np.max(lp, axis=axis, keepdims=True)
+            lse = np.log(np.sum(np.exp(lp), axis=axis, keepdims=True))
+            out[n] = lp - lse if log_output else np.exp(lp - lse)
+        return out
+
+    return apply
+
+
+def _counts_scale(inputs, k, params, level):
+    names = _names(k, "counts")
+    top = _top(inputs, names)
+    if top == 0:
+        return None
+    return {**inputs, **{n: np.round(np.asarray(inputs[n], dtype=float) * (level / top)) for n in names}}
+
+
+def _pair_distance(inputs, k, params, level):
+    """The second of the first two embedding inputs of one shape moved toward the first:
+    ``b' = a + level (b - a)`` (the distance between them scales by ``level``, to 0)."""
+    names = _names(k, "embeddings")
+    pair = next(((a, b) for i, a in enumerate(names) for b in names[i + 1 :] if np.shape(inputs[a]) == np.shape(inputs[b])), None)
+    if pair is None:
+        return None
+    a, b = (np.asarray(inputs[n], dtype=float) for n in pair)
+    return {**inputs, pair[1]: a + level * (b - a)}
+
+
+def _power_of_two(x):
+    """Nearest power of two of each positive magnitude (1 for 0)."""
+    x = np.abs(np.asarray(x, dtype=float))
+    return np.where(x > 0, 2.0 ** np.round(np.log2(np.where(x > 0, x, 1.0))), 1.0)
+
+
+_BF16_MANTISSAS = 1.0 + np.arange(128) / 128.0
+
+
+def _round8(x):
+    """Round to 8 significant bits (bfloat16's precision; its range is float32's)."""
+    m, e = np.frexp(np.asarray(x, dtype=float))
+    return np.ldexp(np.round(m * 256.0) / 256.0, e)
+
+
+def _angle_at(target, planes):
+    """``(a, b, c)`` of 8-bit numbers, ``a`` in [1, 2), with ``atan(sqrt(b^2 + c^2) / a)`` closest to
+    ``target`` (radians, in (0, pi/2)); ``c = 0`` when ``planes`` is 2. The achieved angle too."""
+    a = _BF16_MANTISSAS[:, None]
+    rho = a * math.tan(target)
+    if planes < 3:
+        b, c = _round8(rho), np.zeros_like(rho)
+    else:
+        frac = np.linspace(0.05, 1.0, 256)[None, :]
+        b = _round8(rho * frac)
+        c = _round8(np.sqrt(np.maximum(rho * rho - b * b, 0.0)))
+        a = np.broadcast_to(a, b.shape)
+    got = np.arctan2(np.sqrt(b * b + c * c), a)
+    k = np.unravel_index(np.argmin(np.abs(got - target)), got.shape)
+    return float(a[k]), float(b[k]), float(c[k]), float(got[k])
+
+
+def _angular_margin(params, norm):
+    """The additive angular margin of a margin loss, recognised by the parameters that define one:
+    MagFace's norm-dependent margin (``l_margin``..``u_margin``), the combined margin's ``m2``,
+    ArcFace-type ``margin`` (declared with ``easy_margin`` or CurricularFace's ``t``); ``None`` for
+    losses whose margin is not an angle (CosFace, NormFace, L-Softmax, AdaFace's adaptive one)."""
+    if "l_margin" in params:
+        return _magface_margin(params, norm)
+    if "m2" in params:
+        return params["m2"]
+    if "easy_margin" in params or "t" in params:
+        return params["margin"]
+    return None
+
+
+def _cosine(mode):
+    """Features and class weights rebuilt so that the target cosine is controlled exactly.
+
+    The weights become axis-aligned: row ``r`` (sub-centre ``k`` of class ``j`` is row ``j K + k``) is
+    ``s_r e_r`` with ``s_r`` the base row's norm rounded to a power of two (so this needs ``D >= C K``,
+    as the margin domains give). Feature ``i`` of label ``y`` becomes ``n_i (a e_t + b e_u + c e_v)``
+    with ``n_i`` its base norm rounded to a power of two, ``t = y K`` (the first sub-centre of its
+    class) and ``u, v`` the first sub-centres of the next two classes, so ``cos(x_i, W_y) = a / r``:
+
+    - ``+1`` / ``-1``: ``a = +-1, b = level`` (a power of two; ``1 - |cos| ~ level^2 / 2``), ``c = 0``;
+    - ``pi``: ``theta_y + m = pi - level`` with ``m`` the loss's angular margin (:func:`_angular_margin`),
+      ``(a, b, c)`` the 8-bit triple that comes closest (a level the grid misses by more than half
+      its size is dropped).
+
+    With sub-centres only ``+1`` is meaningful (the class's cosine is the largest over orthogonal
+    sub-centres, which cannot all face away), so ``-1`` and ``pi`` skip them.
+    """
+
+    def apply(inputs, k, params, level):
+        feats = _names(k, "cosine_features")
+        labels = _names(k, "labels")
+        weights = _names(k, "classifier_weights")
+        if not (feats and labels and weights):
+            return None
+        x = np.asarray(inputs[feats[0]], dtype=float)
+        y = np.asarray(inputs[labels[0]])
+        w = np.asarray(inputs[weights[0]], dtype=float)
+        c_count, d = w.shape[0], w.shape[-1]
+        per = w.shape[1] if w.ndim == 3 else 1
+        if per > 1 and mode != "+1":
+            return None
+        flat = w.reshape(-1, d)
+        rows = flat.shape[0]
+        if d < rows or x.ndim != 2 or x.shape[1] != d:
+            return None
+        frame = np.zeros_like(flat)
+        frame[np.arange(rows), np.arange(rows)] = _power_of_two(np.linalg.norm(flat, axis=1))
+        norms = _power_of_two(np.linalg.norm(x, axis=1))
+        out_x = np.zeros_like(x)
+        for i, label in enumerate(y.reshape(-1)):
+            t = int(label) * per
+            u = ((int(label) + 1) % c_count) * per
+            v = ((int(label) + 2) % c_count) * per
+            if mode == "pi":
+                m = _angular_margin(params, float(np.linalg.norm(x[i])))
+                if m is None or not 0 < m + level < math.pi / 2:
+                    return None
+                a, b, c, got = _angle_at(m + level, 3 if v not in (t, u) else 2)
+                if abs(got - (m + level)) > level / 2:
+                    return None
+                a = -a
+            else:
+                a, b, c = (1.0 if mode == "+1" else -1.0), level, 0.0
+            out_x[i, t] += a * norms[i]
+            out_x[i, u] += b * norms[i]
+            if c:
+                out_x[i, v] += c * norms[i]
+        return {**inputs, feats[0]: out_x, weights[0]: frame.reshape(w.shape)}
+
+    return apply
+
+
+def _centre_distance(inputs, k, params, level):
+    """Each feature moved to ``level`` widths from its own class centre, along its base direction
+    (RBF's ``K = exp(-d^2 / w^2)`` underflows, L-GM's ``d^2 / 2`` grows). The width is RBF's
+    ``sqrt(gamma)`` or L-GM's ``sqrt(2)`` (:func:`_centre_width`)."""
+    feats, labels, centres = _names(k, "centre_features"), _names(k, "labels"), _names(k, "centres")
+    if not (feats and labels and centres):
+        return None
+    x = np.asarray(inputs[feats[0]], dtype=float)
+    mu = np.asarray(inputs[centres[0]], dtype=float)[np.asarray(inputs[labels[0]]).reshape(-1)]
+    width = _centre_width("rbf" if "gamma" in params else "lgm", params)
+    diff = x - mu
+    n = np.linalg.norm(diff, axis=1, keepdims=True)
+    unit = np.where(n > 0, diff / np.where(n > 0, n, 1.0), np.eye(1, x.shape[1]))
+    return {**inputs, feats[0]: mu + level * width * unit}
+
+
+def _box_pair(inputs, k, params):
+    """``(pred, target, format)``: the first two box inputs in xyxy, or ``None``."""
+    names = _names(k, "boxes")
+    if len(names) < 2:
+        return None
+    from .losses.box import convert_boxes  # imported here: the box module imports this one
+
+    fmt = params.get("box_format", "xyxy")
+    pred, target = (np.asarray(convert_boxes(np.asarray(inputs[n], dtype=float), fmt, "xyxy")) for n in names[:2])
+    return names[:2], pred, target, fmt
+
+
+def _centred(target):
+    """The target boxes recentred at the origin with power-of-two sides (exact at 8 bits):
+    ``(boxes, widths, heights)``."""
+    w = _power_of_two(target[:, 2] - target[:, 0])
+    h = _power_of_two(target[:, 3] - target[:, 1])
+    return np.stack([-w / 2, -h / 2, w / 2, h / 2], axis=1), w, h
+
+
+def _box_offset(inputs, k, params, level):
+    """Prediction = target shifted diagonally by ``level`` box sizes (``dx = +-level w, dy = +-level h``,
+    the four diagonal directions in turn): identical at 0, touching corners at 1, far beyond."""
+    found = _box_pair(inputs, k, params)
+    if found is None:
+        return None
+    (pn, tn), _, target, fmt = found
+    t, w, h = _centred(target)
+    n = t.shape[0]
+    sx = np.array([1.0, -1.0, 1.0, -1.0])[np.arange(n) % 4]
+    sy = np.array([1.0, 1.0, -1.0, -1.0])[np.arange(n) % 4]
+    shift = np.stack([sx * level * w, sy * level * h] * 2, axis=1)
+    return {**inputs, pn: _boxes_from_xyxy(t + shift, fmt), tn: _boxes_from_xyxy(t, fmt)}
+
+
+def _box_area(inputs, k, params, level):
+    """Prediction = the target scaled by ``level`` about its centre (concentric, area ``level^2`` of the
+    target's, exactly 0 at the last level): IoU -> 0 with the prediction inside the target."""
+    found = _box_pair(inputs, k, params)
+    if found is None:
+        return None
+    (pn, tn), _, target, fmt = found
+    t, _, _ = _centred(target)
+    return {**inputs, pn: _boxes_from_xyxy(t * level, fmt), tn: _boxes_from_xyxy(t, fmt)}
+
+
+def _mask_shrink(inputs, k, params, level):
+    """The last class's mask loses positives: a fraction ``level`` of its positive entries is kept
+    (at least one while ``level > 0``, none at 0). A class mask ``(N, C, *)`` moves the removed mass to
+    class 0 (one-hot and soft rows stay valid); a binary mask ``(N, *)`` just loses it."""
+    names = _names(k, "masks", "binary_masks")
+    if not names:
+        return None
+    t = np.asarray(inputs[names[0]], dtype=float)
+    classed = k[names[0]] == "masks"
+    if classed and (t.ndim < 2 or t.shape[1] < 2):
+        return None
+    t = np.moveaxis(t, 1, 0).copy() if classed else t[None].copy()  # (classes, ...), last class at -1
+    last, first = t[-1].reshape(-1), t[0].reshape(-1)
+    pos = np.flatnonzero(last > 0)
+    keep = 0 if level == 0 else max(1, int(math.ceil(level * pos.size)))
+    drop = pos[keep:]
+    if classed:
+        first[drop] += last[drop]
+        t[0] = first.reshape(t[0].shape)
+    last[drop] = 0.0
+    t[-1] = last.reshape(t[-1].shape)
+    return {**inputs, names[0]: np.moveaxis(t, 0, 1) if classed else t[0]}
+
+
+def _label(v) -> str:
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0:
+        return "0"
+    k = math.log10(abs(v))
+    if abs(k - round(k)) < 1e-9 and abs(k) >= 3:
+        return f"1e{int(round(k))}"
+    return f"{v:g}"
+
+
+def _levels(*values, label=_label):
+    return tuple((label(v), float(v)) for v in values)
+
+
+def _two(k) -> str:
+    return f"2^{int(round(math.log2(k)))}" if k else "0"
+
+
+_BINADE_GAPS = (2.0**-2, 2.0**-5, 2.0**-10, 2.0**-15, 2.0**-20, 2.0**-26, 0.0)
+_PUSHES = (1.0, 10.0, 30.0, 100.0, 1e3, 1e4, 1e8, math.inf)
+_CLASS_TARGET = (_TARGETS,)
+
+
+def _one_minus_cos(b) -> str:
+    # 1 - 1/sqrt(1 + b^2), written without the cancellation
+    r = math.sqrt(1 + b * b)
+    return f"1-|c|={b * b / (r * (1 + r)):.0e}" if b else "|c|=1"
+
+
+#: Every stress axis, grouped by the kind it moves (:func:`stress_axes` picks a loss's).
+STRESS_AXES = (
+    StressAxis("logit scale", "logits", _levels(1e-8, 1e-4, 1e-2, 1.0, 10.0, 30.0, 100.0, 1e3, 1e4, 1e8, math.inf),
+               _scale_to("logits"), "scores scaled together to this largest magnitude (signs kept); inf: every score infinite"),
+    StressAxis("target margin", "logits", _levels(*_PUSHES), _margin(1.0),
+               "each score pushed this far toward its target's side (u + d m): confidently right, the loss underflows",
+               _CLASS_TARGET),
+    StressAxis("wrong margin", "logits", _levels(*_PUSHES), _margin(-1.0),
+               "each score pushed this far away from its target's side: confidently wrong, the loss grows like m",
+               _CLASS_TARGET),
+    StressAxis("probability -> 0", "probabilities", _levels(0.1, 1e-2, 1e-4, 1e-8, 1e-16, 1e-30, 0.0),
+               _toward_zero("probabilities"), "probabilities scaled so that the largest is this (all toward 0)"),
+    StressAxis("probability -> 1", "probabilities", _levels(0.1, 1e-2, 2.0**-9, 0.0, label=lambda v: f"1-p={_label(v) if v != 2.0**-9 else '2^-9'}"),
+               _toward_one, "1 - p scaled so that the largest is this (all toward 1; 2^-9 is the last step 8 bits hold)"),
+    StressAxis("sharpness", "distributions", _levels(1.0, 4.0, 16.0, 64.0, 256.0, 1e3, 1e4),
+               _sharpen(False), "probability rows raised to this power and renormalised (p^k / sum p^k): peaked rows, entries underflowing to 0"),
+    StressAxis("sharpness", "log_probabilities", _levels(1.0, 4.0, 16.0, 64.0, 256.0, 1e3, 1e4),
+               _sharpen(True), "log-probability rows times this, renormalised: log-probabilities down to -1e4 and beyond"),
+    StressAxis("value scale", "values", _levels(1e-8, 1e-4, 1e-2, 1.0, 10.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1e3, 1e4, 1e8),
+               _scale_to("values"), "predictions and targets scaled together to this largest magnitude (float16 squares overflow past 256)"),
+    StressAxis("variance -> 0", "variances", _levels(1.0, 1e-2, 1e-4, 1e-6, 1e-8, 1e-12, 1e-30, 0.0),
+               _toward_zero("variances"), "variances scaled so that the largest is this (the eps clamp is crossed)"),
+    StressAxis("rate -> 0", "rates", _levels(1.0, 1e-2, 1e-4, 1e-8, 1e-12, 1e-30, 0.0),
+               _toward_zero("rates"), "Poisson rates scaled so that the largest is this"),
+    StressAxis("log-rate scale", "log_rates", _levels(1.0, 10.0, 30.0, 88.0, 100.0, 300.0, 700.0, 1e3),
+               _scale_to("log_rates"), "log-rates scaled to this largest magnitude (exp overflows float32 past 88.7, float64 past 709.8)"),
+    StressAxis("count scale", "counts", _levels(10.0, 1e3, 1e5, 1e7), _counts_scale, "counts scaled (and rounded) to this largest count"),
+    StressAxis("feature scale", "embeddings", _levels(1e-30, 1e-8, 1e-4, 1.0, 1e4, 1e8, 1e30),
+               _scale_to("embeddings"), "every embedding scaled together to this largest magnitude"),
+    StressAxis("pair distance -> 0", "embeddings", _levels(1.0, 1e-2, 1e-4, 1e-8, 0.0), _pair_distance,
+               "the second embedding of a pair moved toward the first: distance times this, 0 at the end (the norm's kink)"),
+    StressAxis("cos -> +1", "cosine_features", _levels(*_BINADE_GAPS, label=_one_minus_cos), _cosine("+1"),
+               "the target cosine toward +1: feature n (e_y + b e_u) against axis-aligned weights", (("labels",), ("classifier_weights",))),
+    StressAxis("cos -> -1", "cosine_features", _levels(*_BINADE_GAPS, label=_one_minus_cos), _cosine("-1"),
+               "the target cosine toward -1: feature n (-e_y + b e_u)", (("labels",), ("classifier_weights",))),
+    StressAxis("theta+m -> pi", "cosine_features", _levels(1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, label=lambda v: f"pi-{_label(v)}"), _cosine("pi"),
+               "the target angle plus the angular margin approaching pi from below (the ArcFace fallback threshold)",
+               (("labels",), ("classifier_weights",))),
+    StressAxis("distance to own centre", "centre_features", _levels(1.0, 4.0, 16.0, 64.0, 256.0, 1024.0), _centre_distance,
+               "each feature this many widths from its class centre", (("labels",), ("centres",))),
+    StressAxis("box offset", "boxes", _levels(0.0, 1 / 64, 1 / 8, 0.5, 1.0, 2.0, 8.0, 64.0, label=lambda v: "identical" if v == 0 else (f"1/{round(1 / v)}" if v < 1 else f"{v:g}")),
+               _box_offset, "prediction = target shifted diagonally by this many box sizes (identical, overlapping, touching at 1, far)"),
+    StressAxis("box size -> 0", "boxes", _levels(0.5, 2.0**-3, 2.0**-6, 2.0**-10, 2.0**-16, 2.0**-24, 2.0**-40, 2.0**-64, 0.0, label=_two),
+               _box_area, "prediction = target scaled by this about its centre (area toward 0, a point at the end)"),
+    StressAxis("mask positives -> empty", "masks", _levels(1.0, 0.5, 0.25, 1e-9, 0.0, label=lambda v: "one" if 0 < v < 1e-6 else f"{v:g}"),
+               _mask_shrink, "fraction of the last class's positive entries kept (one entry, then an empty mask)"),
+    StressAxis("mask positives -> empty", "binary_masks", _levels(1.0, 0.5, 0.25, 1e-9, 0.0, label=lambda v: "one" if 0 < v < 1e-6 else f"{v:g}"),
+               _mask_shrink, "fraction of the mask's positive entries kept (one entry, then an empty mask)"),
+)
+
+
+def stress_axes(loss, params) -> list:
+    """The stress axes of ``loss`` under ``params``: those of its inputs' kinds whose ``needs`` it
+    meets, in :data:`STRESS_AXES` order."""
+    kinds = set(stress_kinds(loss, params).values())
+    return [a for a in STRESS_AXES if a.kind in kinds and all(kinds & set(group) for group in a.needs)]

@@ -16,8 +16,11 @@ Conventions shared by all primitives:
 
 from __future__ import annotations
 
+import decimal
+import functools
 import math
 import sys
+from fractions import Fraction
 
 import array_api_compat
 
@@ -362,3 +365,172 @@ def dd_sub(xp, a_hi, a_lo, b_hi, b_lo):
     """``(a_hi + a_lo) - (b_hi + b_lo)`` rounded to double: exact cancellation of the high parts."""
     s, e = two_sum(xp, a_hi, -b_hi)
     return s + (e + (a_lo - b_lo))
+
+
+# ------------------------------------------------------------------------------------------------
+# Double-double ``exp`` and ``log`` (and the pair sums and quotients they need).
+#
+# ``fl(exp(x))`` and ``fl(log(x))`` are off by up to an ulp of themselves; a loss that subtracts a
+# nearly equal quantity from them (``exp(x) - y x`` near its roots) turns that ulp into many ulps of
+# its result. These return ``(hi, lo)`` pairs good to ~2^-100 relative (in float64; twice the
+# significand of any floating dtype), from error-free transformations and a short Taylor series.
+
+
+def dd_add(xp, a_hi, a_lo, b_hi, b_lo):
+    """``(a_hi + a_lo) + (b_hi + b_lo)`` as a double-double (the high parts summed exactly)."""
+    s, e = two_sum(xp, a_hi, b_hi)
+    return renormalise(xp, s, e + (a_lo + b_lo))
+
+
+def _round_bits(q: Fraction, bits: int) -> float:
+    """``q`` rounded to ``bits`` significant bits (a float, exact)."""
+    if q == 0:
+        return 0.0
+    e = math.floor(math.log2(abs(q)))
+    scale = Fraction(2) ** (bits - 1 - e)
+    return float(Fraction(round(q * scale)) / scale)
+
+
+def dd_split_rational(q: Fraction, bits: int, parts: int, first_bits=None) -> tuple:
+    """``q`` as ``parts`` floats of ``bits`` bits (the first of ``first_bits``), largest first, summing to ``q``
+    to ~``2^-(first_bits + (parts - 1) bits)`` relative."""
+    out = []
+    for k in range(parts):
+        v = _round_bits(q, first_bits if k == 0 and first_bits else bits)
+        out.append(v)
+        q -= Fraction(v)
+    return tuple(out)
+
+
+# exp(x) = 2^k 2^(j/64) exp(r), |r| <= ln 2 / 128; the Taylor coefficients of expm1(r)/r = sum r^(n-1)/n!
+# in double-double below _EXP_DD_TERMS (terms above 2^-51 of r), plain above, twelve in all.
+_EXP_TABLE = 64
+_EXP_TERMS = 12
+_EXP_DD_TERMS = 7
+
+
+@functools.lru_cache(maxsize=None)
+def _exp_constants(bits: int):
+    """For a ``bits``-bit significand: ``ln 2 / 64`` in three parts (the first short enough that ``n`` times
+    it is exact for every ``|n| < 2^17``), ``1/n!`` as pairs, and ``2^(j/64)`` as pairs."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 80
+        ln2 = Fraction(decimal.Decimal(2).ln())
+        table = [dd_split_rational(Fraction(decimal.Decimal(2) ** (decimal.Decimal(j) / _EXP_TABLE)), bits, 2) for j in range(_EXP_TABLE)]
+    step = dd_split_rational(ln2 / _EXP_TABLE, bits, 3, first_bits=bits - 18)
+    coeffs = [dd_split_rational(Fraction(1, math.factorial(n)), bits, 2) for n in range(_EXP_TERMS + 1)]
+    return step, coeffs, tuple(t[0] for t in table), tuple(t[1] for t in table)
+
+
+def significand_bits(xp, x) -> int:
+    return round(-math.log2(float(xp.finfo(x.dtype).eps))) + 1
+
+
+def dd_exp(xp, x):
+    """``exp(x)`` as ``(hi, lo)`` to ~2^-100 relative (float64) where ``lo`` is a normal number (below 2^53
+    times the smallest normal, ``lo`` is subnormal and the pair as precise as it can hold).
+
+    Tang's reduction: ``x = n ln 2 / 64 + r`` with ``r`` a double-double (``ln 2 / 64`` in three parts,
+    ``n`` times the first exact), ``exp(x) = 2^k 2^(j/64) (1 + expm1(r))`` with ``n = 64 k + j``, the
+    table ``2^(j/64)`` in pairs, ``expm1(r)`` by Horner (its leading terms in double-double), and ``2^k``
+    applied exactly in two halves. Where ``exp(x)`` is subnormal or overflows it is ``exp(x)``, ``lo = 0``.
+    """
+    fi = xp.finfo(x.dtype)
+    step, coeffs, table_hi, table_lo = _exp_constants(significand_bits(xp, x))
+    ok = (x > math.log(float(fi.smallest_normal))) & (x < math.log(float(fi.max)))
+    x0 = xp.where(ok, x, xp.zeros_like(x))
+    n = xp.round(x0 * (1 / (step[0] + step[1])))
+    r = x0 - n * step[0]  # exact: n step[0] is exact and within a factor 2 of x0 (Sterbenz)
+    p, pe = two_prod(xp, n, xp.full_like(x0, step[1]))
+    r_hi, r_lo = two_sum(xp, r, -p)
+    s_hi, s_lo = renormalise(xp, r_hi, r_lo - (pe + n * step[2]))
+    q = xp.full_like(x0, coeffs[_EXP_TERMS][0])
+    for k in range(_EXP_TERMS - 1, _EXP_DD_TERMS - 1, -1):
+        q = coeffs[k][0] + s_hi * q
+    q_hi, q_lo = q, xp.zeros_like(q)
+    for k in range(_EXP_DD_TERMS - 1, 0, -1):
+        q_hi, q_lo = dd_mul(xp, s_hi, s_lo, q_hi, q_lo)
+        q_hi, q_lo = dd_add(xp, q_hi, q_lo, xp.full_like(x0, coeffs[k][0]), xp.full_like(x0, coeffs[k][1]))
+    u_hi, u_lo = dd_mul(xp, s_hi, s_lo, q_hi, q_lo)  # expm1(r)
+    k = xp.floor(n / _EXP_TABLE)
+    j = xp.reshape(xp.astype(n - _EXP_TABLE * k, xp.int64), (-1,))
+    dev = array_api_compat.device(x0)
+    t_hi = xp.reshape(xp.take(xp.asarray(table_hi, dtype=x0.dtype, device=dev), j), x0.shape)
+    t_lo = xp.reshape(xp.take(xp.asarray(table_lo, dtype=x0.dtype, device=dev), j), x0.shape)
+    m_hi, m_lo = dd_mul(xp, t_hi, t_lo, u_hi, u_lo)
+    e_hi, e_lo = dd_add(xp, t_hi, t_lo, m_hi, m_lo)
+    k1 = xp.floor(k / 2)
+    f1, f2 = 2.0**k1, 2.0 ** (k - k1)
+    e_hi, e_lo = e_hi * f1 * f2, e_lo * f1 * f2
+    return xp.where(ok, e_hi, xp.exp(xp.where(ok, xp.zeros_like(x), x))), xp.where(ok, e_lo, xp.zeros_like(x))
+
+
+def dd_log(xp, a, a_lo=None):
+    """``log(a + a_lo)`` as ``(hi, lo)`` to ~2^-100 absolute for normal ``a > 0`` (subnormal ``a``: as
+    precise as ``a`` itself); ``log(a)`` with ``lo = 0`` for ``a <= 0`` and non-finite ``a``.
+
+    ``L = fl(log a)`` corrected by one Newton step on ``exp``: ``log a = L + log1p((a - E) / E)`` with
+    ``E = exp(L)`` from :func:`dd_exp`; ``a - E_hi`` is exact (Sterbenz) and ``d = (a - E) / E`` is at
+    most an ulp of ``L`` (2^-43 for ``|L| ~ 700``), so ``log1p(d) = d - d^2 / 2`` to below the target.
+    ``a`` far from 1 is first scaled by ``2^-+k`` (exact; :func:`dd_scale_exponent`), and ``+-k log 2`` added as a pair.
+    ``a_lo`` adds ``a_lo / a`` (first order).
+    """
+    fi = xp.finfo(a.dtype)
+    bits, k = significand_bits(xp, a), dd_scale_exponent(xp, a)
+    live = (a > 0) & (a <= float(fi.max))
+    small, large = live & (a < 2.0**-k), live & (a > 2.0**k)
+    a0 = xp.where(live, a, xp.ones_like(a))
+    a0 = a0 * xp.where(small, xp.full_like(a0, 2.0**k), xp.where(large, xp.full_like(a0, 2.0**-k), xp.ones_like(a0)))
+    hi = xp.log(a0)
+    e_hi, e_lo = dd_exp(xp, hi)
+    d = ((a0 - e_hi) - e_lo) / e_hi
+    lo = d - 0.5 * d * d
+    if a_lo is not None:
+        lo = lo + xp.where(live, a_lo, xp.zeros_like(a_lo)) / xp.where(live, a, xp.ones_like(a))
+    shift_hi, shift_lo = dd_log2_multiple(bits, k)
+    sign = xp.where(small, -xp.ones_like(a), xp.where(large, xp.ones_like(a), xp.zeros_like(a)))
+    hi, lo2 = two_sum(xp, hi, sign * shift_hi)
+    hi, lo = renormalise(xp, hi, lo + lo2 + sign * shift_lo)
+    plain = xp.log(xp.where(a > 0, a, xp.ones_like(a)))
+    return xp.where(live, hi, xp.where(a > 0, plain, _log_nonpositive(xp, a))), xp.where(live, lo, xp.zeros_like(a))
+
+
+def dd_scale_exponent(xp, x) -> int:
+    """``k`` with ``2^+-k`` well inside ``x``'s dtype (600 for float64, 75 for float32): scaling a number
+    beyond ``2^+-k`` by ``2^-+k`` brings it back near 1 exactly."""
+    return int(0.59 * math.log2(float(xp.finfo(x.dtype).max)))
+
+
+@functools.lru_cache(maxsize=None)
+def dd_log2_multiple(bits, k):
+    """``k log 2`` as a pair of ``bits``-bit floats."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 80
+        return dd_split_rational(k * Fraction(decimal.Decimal(2).ln()), bits, 2)
+
+
+def _log_nonpositive(xp, a):
+    return xp.where(a == 0, xp.full_like(a, -math.inf), xp.full_like(a, math.nan))
+
+
+def dd_sum_to_shape(xp, hi, lo, shape):
+    """:func:`sum_to_shape` of ``hi + lo`` with every sum a double-double (:func:`dd_sum`)
+    rounded once: the sums of terms of both signs that a broadcast parameter's gradient collects."""
+    shape = tuple(shape)
+    lead = hi.ndim - len(shape)
+    summed = list(range(lead)) + [lead + k for k, n in enumerate(shape) if n == 1 and hi.shape[lead + k] != 1]
+    kept = [a for a in range(hi.ndim) if a not in summed]
+    size = math.prod(hi.shape[a] for a in summed)
+    kept_shape = tuple(hi.shape[a] for a in kept)
+    flat = [xp.reshape(xp.permute_dims(a, tuple(kept + summed)), kept_shape + (size,)) for a in (hi, lo)]
+    total, _ = dd_sum(xp, *flat)
+    return xp.reshape(total, shape)
+
+
+def dd_div(xp, a_hi, a_lo, b_hi, b_lo):
+    """``(a_hi + a_lo) / (b_hi + b_lo)`` as a double-double: the quotient, and the remainder ``a - q b``
+    (exact products) divided once more."""
+    q = a_hi / b_hi
+    p, e = two_prod(xp, q, b_hi)
+    r = ((a_hi - p) - e) + (a_lo - q * b_lo)
+    return renormalise(xp, q, r / b_hi)

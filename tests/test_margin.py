@@ -2,13 +2,15 @@
 the identities between the losses, the kinks (theta + m = pi, the easy-margin threshold, |cos| = 1),
 inputs with D != C and unstructured weights, and bad input; the distance-based RBF-Softmax and L-GM
 losses (coincident points, K underflow, far from the origin, huge inputs); eps for L-Softmax /
-SphereFace; SphereFace's Caffe update direction against a transcription of the Caffe backward."""
+SphereFace; SphereFace's Caffe update direction against a transcription of the Caffe backward; and the
+double-double arithmetic the losses are computed in (constants, exp, sin/cos, split products, unit rows)."""
 
 from __future__ import annotations
 
 import math
 import warnings
 
+import array_api_compat.numpy as anp
 import mpmath as mp
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import pytest
 import refloss
 import refloss.mp as rmp
 from refloss.cases import param_paths
+from refloss.losses import margin as M
 from refloss.proof import autograd_check, central_difference
 
 COSINE = [refloss.normface_loss, refloss.coco_loss, refloss.cosface_loss, refloss.arcface_loss, refloss.combined_margin_loss]
@@ -131,13 +134,18 @@ def test_values_and_gradients_match_mpmath(loss, override):
         np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-13 * np.max(np.abs(ref)), err_msg=name)
 
 
+PROOF_REDUCTIONS = ("none", "mean")
+
+
 @pytest.mark.parametrize("loss", ALL, ids=ALL_IDS)
 def test_gradient_proof_with_d_not_c_and_unstructured_weights(loss):
     # The registry's domains use D = C and an orthogonal frame; here every parameter path is proven
     # (central differences and autograd) on generic inputs with D != C.
+    # Each parameter variant under a per-sample cotangent ('none') and the batch mean: the other
+    # reductions differ only by the shared reduce_vjp, which refloss check and test_gradients prove.
     rng = np.random.default_rng(11)
     rows = []
-    for params in param_paths(loss):
+    for params in param_paths(loss, PROOF_REDUCTIONS):
         for n, c, d in ((3, 4, 6), (2, 5, 3)):
             x, y, w = _draw(rng, n, c, d, loss, params, away=0.05)
             rows += central_difference(loss, [x, y, w], params, rng)
@@ -820,3 +828,84 @@ def test_distance_domains(loss, tag):
                 z = -d * (1 + np.eye(w.shape[0])[y])
             assert np.all(np.abs(z) <= 40.0)
             assert np.all(np.ptp(z, axis=1) <= 15.0)  # no probability below e^-15 relative to the top one
+
+
+# ------------------------------------------------------------------------------------------------
+# The double-double arithmetic the margin losses are computed in (refloss.losses.margin), against
+# mpmath at 60 digits: the accuracy each piece's docstring states.
+
+
+def _dd_error(pair, exact, relative=True):
+    """Largest |(hi + lo) - exact| (relative to |exact| unless ``relative`` is False) over the elements."""
+    worst = mp.mpf(0)
+    hi, lo = (np.asarray(v, dtype=float).ravel() for v in pair)
+    for h, l, e in zip(hi, lo, np.ravel(np.asarray(exact, dtype=object))):
+        err = abs(mp.mpf(float(h)) + mp.mpf(float(l)) - e)
+        worst = max(worst, err / abs(e) if relative and e != 0 else err)
+    return float(worst)
+
+
+def test_double_double_constants():
+    with mp.workdps(60):
+        assert _dd_error((M._PI[0], M._PI[1]), [mp.pi]) < 2.0**-104
+        assert _dd_error((M._LN2[0], M._LN2[1]), [mp.log(2)]) < 2.0**-104
+        head, mid, low = M._LN2_STEP
+        assert abs(mp.mpf(head) + mp.mpf(mid) + mp.mpf(low) - mp.log(2) / 1024) < 2.0**-150
+        assert (head * 2.0**39).is_integer() and head * 2.0**39 < 2.0**30  # a 30-bit head: k head is exact
+        hi, lo = M._exp2_table()
+        js = [0, 1, 511, 1023]
+        assert _dd_error(([hi[j] for j in js], [lo[j] for j in js]), [mp.mpf(2) ** (mp.mpf(j) / 1024) for j in js]) < 2.0**-104
+        for m in (0.0, 1e-3, 0.35, 0.5, 1.2, 1.5):
+            (sh, sl), (ch, cl) = M._sincos_constant(m)
+            assert _dd_error((sh, sl), [mp.sin(m)], relative=False) < 2.0**-104
+            assert _dd_error((ch, cl), [mp.cos(m)], relative=False) < 2.0**-104
+
+
+def test_double_double_exp_sin_cos():
+    rng = np.random.default_rng(5)
+    a = np.concatenate([-rng.uniform(0, 700, 200), rng.uniform(-1, 1, 100), -rng.uniform(0, 1e-3, 50), [0.0]])
+    lo = a * 2.0**-54 * rng.uniform(-1, 1, a.size)
+    with mp.workdps(60):
+        exact = [mp.exp(mp.mpf(float(h)) + mp.mpf(float(l))) for h, l in zip(a, lo)]
+        assert _dd_error(M._dd_exp(anp, (a, lo)), exact) < 2.0**-62
+        t = rng.uniform(-7, 7, 100)
+        t_lo = t * 2.0**-54 * rng.uniform(-1, 1, t.size)
+        sin, cos = M._dd_sincos(anp, (t, t_lo))
+        angles = [mp.mpf(float(h)) + mp.mpf(float(l)) for h, l in zip(t, t_lo)]
+        assert _dd_error(sin, [mp.sin(v) for v in angles], relative=False) < 2.0**-94
+        assert _dd_error(cos, [mp.cos(v) for v in angles], relative=False) < 2.0**-94
+    # outside the finite range: 0, inf and NaN, with no floating-point warning (pytest turns them into errors)
+    hi, _ = M._dd_exp(anp, (np.array([-1e4, 800.0, np.nan, -np.inf]), np.zeros(4)))
+    assert hi[0] == 0 and hi[1] == np.inf and np.isnan(hi[2]) and hi[3] == 0
+
+
+def test_double_double_products_and_unit_rows():
+    rng = np.random.default_rng(6)
+    with mp.workdps(60):
+        for d in (3, 64):
+            # rows of very different scales: the products are accurate relative to each row's scale
+            a = rng.standard_normal((3, d)) * 10.0 ** rng.uniform(-30, 30, (3, 1))
+            b = rng.standard_normal((4, d)) * 10.0 ** rng.uniform(-30, 30, (4, 1))
+            a_lo = a * 2.0**-54 * rng.uniform(-1, 1, a.shape)
+            hi, lo = M._dd_matmul(anp, (a, a_lo), (b, None))
+            for i in range(3):
+                for j in range(4):
+                    exact = mp.fsum((mp.mpf(float(a[i, k])) + mp.mpf(float(a_lo[i, k]))) * mp.mpf(float(b[j, k])) for k in range(d))
+                    scale = mp.sqrt(mp.fsum(mp.mpf(float(v)) ** 2 for v in a[i])) * mp.sqrt(mp.fsum(mp.mpf(float(v)) ** 2 for v in b[j]))
+                    assert abs(mp.mpf(float(hi[i, j])) + mp.mpf(float(lo[i, j])) - exact) / scale < 2.0**-68
+            # unit rows of any norm, 1e-300 to 1e300, and their norms
+            v = rng.standard_normal((5, d)) * 10.0 ** rng.uniform(-300, 300, (5, 1))
+            rows = M._normalise_rows(anp, v, None)
+            for i in range(5):
+                norm = mp.sqrt(mp.fsum(mp.mpf(float(t)) ** 2 for t in v[i]))
+                assert _dd_error((rows.hat[i], rows.hat_lo[i]), [mp.mpf(float(t)) / norm for t in v[i]], relative=False) < 2.0**-72
+                assert _dd_error((rows.norm[i], rows.norm_lo[i]), [norm]) < 2.0**-72
+    # the scatter of the target terms to their weight rows: each row's sum to the precision of its own
+    # terms, even next to rows a hundred orders of magnitude larger
+    labels = [2, 0, 2, 1]
+    hot = np.eye(3, dtype=bool)[labels]
+    v = rng.standard_normal((4, 5)) * np.array([[1.0], [1e-100], [1.0], [1e100]])
+    hi, lo = M._scatter_rows(anp, hot, (v, v * 2.0**-60))
+    with mp.workdps(60):
+        exact = [[mp.fsum(mp.mpf(float(v[i, k])) * (1 + mp.mpf(2) ** -60) for i in range(4) if labels[i] == j) for k in range(5)] for j in range(3)]
+        assert _dd_error((hi, lo), exact) < 2.0**-70

@@ -31,6 +31,7 @@ from .. import domains as D
 from ..loss import Input, Param, loss
 from ..xp import two_sum as _two_sum, two_prod as _two_prod, dd_sum as _dd_sum, dd_dot as _dd_dot, dd_mul as _dd_mul, dd_sub as _dd_sub, renormalise as _renormalise  # double-double pieces
 from ..xp import namespace, one_hot, sum_to_shape, take_along_axis, xmul
+from ..xp import dd_add as _dd_add, dd_div as _dd_div, dd_exp as _exp_dd, dd_log as _log_dd
 
 # ------------------------------------------------------------------------------------------------
 # Shared helpers.
@@ -607,14 +608,20 @@ def _ring_loss_vjp(xp, cot, features, radius, *, loss_weight):
 
 
 def _contrastive_terms(xp, a, b, margin, convention, pos_margin):
+    """``(v, d, pos, neg, m_gap)``: ``v = a - b``, ``d = ||v||``, the two terms, and the margin's hinge argument
+    (``m - d``, or ``m - d^2`` for caffe_legacy) without cancellation where ``d`` is near the margin
+    (:func:`_ring_gap`'s difference of squares; the exact square for ``m - d^2``)."""
     v = a - b
-    d = _lp_norm(xp, v, 2)
+    d, d_minus_m = _ring_gap(xp, v, margin)
+    m_gap = -d_minus_m
     if convention == "pml":
-        return v, d, _hinge(xp, d - pos_margin), _hinge(xp, margin - d)
+        return v, d, _hinge(xp, _ring_gap(xp, v, pos_margin)[1]), _hinge(xp, m_gap), m_gap
     d2 = xp.sum(v * v, axis=1)
     if convention == "caffe_legacy":
-        return v, d, 0.5 * d2, 0.5 * _hinge(xp, margin - d2)
-    return v, d, 0.5 * d2, 0.5 * _squared(xp, _hinge(xp, margin - d))
+        sq_hi, sq_lo = _dd_dot(xp, v, v)
+        m_gap = _dd_sub(xp, xp.full_like(sq_hi, margin), xp.zeros_like(sq_hi), sq_hi, sq_lo)
+        return v, d, 0.5 * d2, 0.5 * _hinge(xp, m_gap), m_gap
+    return v, d, 0.5 * d2, 0.5 * _squared(xp, _hinge(xp, m_gap)), m_gap
 
 
 @loss(
@@ -667,24 +674,23 @@ def contrastive_loss(xp, input1, input2, target, *, margin, convention, pos_marg
 
     Shapes: ``input1``, ``input2 (N, D)``, ``target (N,)`` in [0, 1].
     """
-    _, _, pos, neg = _contrastive_terms(xp, input1, input2, margin, convention, pos_margin)
+    _, _, pos, neg, _ = _contrastive_terms(xp, input1, input2, margin, convention, pos_margin)
     return xmul(target, pos, xp=xp) + xmul(1 - target, neg, xp=xp)
 
 
 @contrastive_loss.defvjp
 def _contrastive_vjp(xp, cot, input1, input2, target, *, margin, convention, pos_margin):
-    v, d, _, _ = _contrastive_terms(xp, input1, input2, margin, convention, pos_margin)
+    v, d, _, _, m_gap = _contrastive_terms(xp, input1, input2, margin, convention, pos_margin)
     u = _lp_norm_grad(xp, v, d, 2)
     y = _col(xp, target)
     if convention == "pml":
         on_pos = _col(xp, _indicator(xp, d > pos_margin, d))
-        on_neg = _col(xp, _indicator(xp, margin > d, d))
+        on_neg = _col(xp, _indicator(xp, m_gap > 0, d))
         g = y * on_pos * u - (1 - y) * on_neg * u
     elif convention == "caffe_legacy":
-        d2 = xp.sum(v * v, axis=1)
-        g = y * v - (1 - y) * _col(xp, _indicator(xp, margin - d2 > 0, d2)) * v
+        g = y * v - (1 - y) * _col(xp, _indicator(xp, m_gap > 0, d)) * v
     else:
-        g = y * v - (1 - y) * _col(xp, _hinge(xp, margin - d)) * u
+        g = y * v - (1 - y) * _col(xp, _hinge(xp, m_gap)) * u
     g = _col(xp, cot) * g
     return g, -g, None
 
@@ -908,10 +914,11 @@ def _lp_unit_difference(xp, v, w, delta, p, e):
     elsewhere ``B_k N(v)^p - S`` may cancel, by at most what ``G_k <= G_m`` allows, so each row is
     accurate to a few ulps of its largest entry. Components of opposite signs, or not within a factor
     3/2 of ``rho v_k``, and rows that are not nearly parallel (``w_m / v_m`` not positive or beyond
-    ``2^+-100``, some ``|w_k| > 4 rho |v_m|``) take the plain difference (nothing cancels there).
+    ``2^+-102`` in float64, some ``|w_k| > 4 rho |v_m|``) take the plain difference (nothing cancels there).
     """
+    top_exponent = math.log2(float(xp.finfo(v[0].dtype).max))  # 1024 in float64, 128 in float32
     k, scale = _row_scale(xp, xp.abs(v[0]))
-    k = xp.maximum(k, xp.full_like(k, -400.0))  # a row that far below the common scale is not parallel to w
+    k = xp.maximum(k, xp.full_like(k, -0.4 * top_exponent))  # a row that far below the common scale is not parallel to w
     col = _col(xp, 2.0**k)  # max |v| in [1, 2): no power of v overflows or vanishes
     (v_hi, v_lo), w_hi, (d_hi, d_lo) = (v[0] / col, v[1] / col), w[0] / col, (delta[0] / col, delta[1] / col)
     e = _scaled_eps(xp, e, k, p)
@@ -926,13 +933,12 @@ def _lp_unit_difference(xp, v, w, delta, p, e):
 
     vm, vm_lo, dm, dm_lo, wm = at_m(v_hi), at_m(v_lo), at_m(d_hi), at_m(d_lo), at_m(w_hi)
     # rows that are nearly parallel (> and <= tests, so that NaNs take the plain branch and propagate)
-    row = (wm * vm > 0) & (xp.abs(wm) <= 2.0**100 * xp.abs(vm)) & (xp.abs(vm) <= 2.0**100 * xp.abs(wm))
+    ratio = 2.0 ** math.floor(top_exponent / 10)  # 2^102 in float64 (2^12 in float32)
+    row = (wm * vm > 0) & (xp.abs(wm) <= ratio * xp.abs(vm)) & (xp.abs(vm) <= ratio * xp.abs(wm))
     rho = xp.where(row, wm, xp.ones_like(wm)) / xp.where(row, vm, xp.ones_like(vm))
     row = row & (xp.max(aw, axis=1) <= 4 * rho * xp.abs(vm))
     rho = xp.where(row, rho, xp.ones_like(rho))
     vm1 = xp.where(row, vm, xp.ones_like(vm))
-    near_one = row & (2 * xp.abs(dm) <= xp.abs(vm))  # log rho from delta_m / v_m, without cancellation
-    log_rho = xp.where(near_one, xp.log1p(xp.where(near_one, (dm + dm_lo) / vm1, xp.zeros_like(vm))), xp.log(rho))
     # c_k = delta_k v_m - delta_m v_k = w_k v_m - w_m v_k as a double-double, and a = c / (v_k w_m)
     rows = _col(xp, row)
     v_r, d_r = xp.where(rows, v_hi, xp.zeros_like(v_hi)), xp.where(rows, d_hi, xp.zeros_like(d_hi))
@@ -953,7 +959,15 @@ def _lp_unit_difference(xp, v, w, delta, p, e):
     rise = xp.where(same, pow_v * b, aw_r**p - pow_v)  # |v_k|^p ((|w_k| / (rho |v_k|))^p - 1)
     s = xp.sum(xp.where(rows, rise, xp.zeros_like(rise)), axis=1)
     if not _is_zero(e):
-        s = s + e * xp.expm1(-p * log_rho)
+        # e (rho^-p - 1) with rho^-p = exp(-p log rho) in double-double: exp multiplies the rounding of its
+        # argument by the argument (p log rho is 5 for p = 7, rho = 2), and nothing else in S may dominate
+        one = xp.ones_like(vm)
+        w_m = _renormalise(xp, *_dd_add(xp, vm1, xp.where(row, vm_lo, 0 * one), xp.where(row, dm, 0 * one), xp.where(row, dm_lo, 0 * one)))
+        log_rho = _log_dd(xp, *_dd_div(xp, *w_m, vm1, xp.where(row, vm_lo, 0 * one)))
+        t_hi, t_lo = _two_prod(xp, xp.full_like(vm, -p), log_rho[0])
+        t_hi, t_lo = _renormalise(xp, t_hi, t_lo - p * log_rho[1])
+        e_hi, e_lo = _exp_dd(xp, t_hi)
+        s = s + e * _dd_sub(xp, *_renormalise(xp, e_hi, e_lo + e_hi * t_lo), one, 0 * one)
     bv, sv = _col(xp, xp.sum(pow_v, axis=1) + e), _col(xp, s)
     num, num_lo = _two_prod(xp, b, bv)
     num, num_lo2 = _two_sum(xp, num, -sv * xp.ones_like(num))
@@ -1011,19 +1025,31 @@ def _lp_grad(xp, v, p, e=0.0):
     power = xp.where(at_m, xp.zeros_like(b), b**p * (1 + p * rel))
     t = xp.sum(power, axis=-1)
     if not _is_zero(e):
-        t = t + _scaled_eps(xp, e, xp.log2(xp.where(live, top, xp.ones_like(top))), p)
+        k, scale = _row_scale(xp, _col(xp, top))  # e / top^p = (e / 2^(p k)) / (top / 2^k)^p
+        t = t + _scaled_eps(xp, e, k, p) / (top / scale) ** p
     g = xp.sign(v) * (b**q * (1 + q * rel)) * _col(xp, (1 + t) ** (-q / p))
     return xp.where(_col(xp, live), g, xp.zeros_like(g))
 
 
 def _scaled_eps(xp, e, k, p):
-    """``e / 2^(p k)`` (for rows scaled by ``2^k``; ``k`` need not be an integer), capped at ``2^1000``
-    (``N`` is ``e``'s alone long before)."""
+    """``e / 2^(p k)`` for rows scaled by ``2^k`` (``k`` integers): exact where ``p k`` is an integer, one
+    ``2^f``, ``0 <= f < 1``, rounded otherwise; capped at ``2^1003`` in float64 (``N`` is ``e``'s alone
+    long before), and 0 where ``e`` is."""
     if _is_zero(e):
         return 0.0
+    e = e * xp.ones_like(k)
     live = e > 0
-    exponent = xp.log2(xp.where(live, e * xp.ones_like(k), xp.ones_like(k))) - p * k
-    return xp.where(live, 2.0 ** xp.minimum(exponent, xp.full_like(exponent, 1000.0)), xp.zeros_like(exponent))
+    shift = -p * k
+    whole = xp.floor(shift)
+    cap = math.floor(0.98 * math.log2(float(xp.finfo(k.dtype).max)))  # 2^1003 in float64
+    big = xp.log2(xp.where(live, e, xp.ones_like(e))) + shift > cap
+    # 2^whole in two halves (each within range), then the fraction
+    half = xp.floor(whole / 2)
+    ok = live & ~big
+    h1 = 2.0 ** xp.where(ok, half, xp.zeros_like(half))
+    h2 = 2.0 ** xp.where(ok, whole - half, xp.zeros_like(half))
+    scaled = ((e * h1) * h2) * 2.0 ** (shift - whole)
+    return xp.where(ok, scaled, xp.where(big, xp.full_like(e, 2.0**cap), xp.zeros_like(e)))
 
 
 def _is_zero(e):

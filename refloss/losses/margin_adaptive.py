@@ -22,41 +22,62 @@ Training state (AdaCos's scale, CurricularFace's ``t``, AdaFace's norm mean and 
 values stay reproducible, and the helpers give the official updates. State is a constant of the
 backward pass, as in every reference implementation (updated under ``torch.no_grad``).
 
-Written once, on top of margin.py's cores (``_cosines``, ``_target_geometry``, ``_normalise_rows_vjp``):
+Written once, on top of margin.py's cores (``_cosines``, ``_target_geometry``, ``_cosine_backward``) and
+its double-double arithmetic (cosines, margins and scales carried beyond float64 into the softmax, see
+margin.py):
 
 - margin.py's ``_angle_add_rows`` (``cos(theta + m)`` for a scalar or per-sample margin: MagFace,
   AdaFace) and ``_arc_psi`` (the ArcFace target with insightface's conventions, optionally with its
   margin derivative: MagFace);
-- :func:`_vjp`: logits ``z = f(cos)`` with an elementwise slope ``dz/dcos`` (any column, not only the
-  target: CurricularFace, AdaFace), an optional sub-centre routing and an optional radial path
-  ``dL/d|x| x_hat`` (MagFace); the cotangent's common scale is applied last, as in margin.py.
+- margin.py's ``_Logits``, ``_forward`` and ``_vjp``: logits ``s f(cos)`` with ``dz/dcos`` off the target
+  scaled elementwise (CurricularFace's hard negatives) or masked by a clamp (AdaFace), an optional
+  sub-centre routing and an optional radial path ``dL/d|x| x_hat`` (MagFace), all in double-double.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import math
 import numbers
 
-import array_api_compat
 import numpy as np  # domains, helpers' validation and error messages only
 
 from .. import domains as D
 from ..loss import Input, Param, _fail, loss
-from ..xp import log_softmax, logsumexp, namespace, one_hot, take_along_axis, to_numpy
-from .classification import _soft_target_cross_entropy, _soft_target_cross_entropy_grad
+from ..xp import logsumexp, namespace, one_hot, take_along_axis, to_numpy
 from .margin import (
     _angle_add_rows,
     _arc_psi,
+    _cosines,
+    _empty,
+    _forward,
+    _Logits,
+    _vjp,
+    _zero_grads,
+    _dd_add,
+    _dd_clip,
+    _dd_const,
+    _dd_decimal,
+    _dd_div,
+    _dd_expand,
+    _dd_gt,
+    _dd_mul,
+    _dd_neg,
+    _dd_sincos,
+    _dd_sincos_of,
+    _dd_sub,
+    _dd_where,
+    _dd_zeros,
     _EPS,
     _FEATURES,
     _LABELS,
+    _PI,
     _WEIGHTS,
     _check,
-    _cosines,
     _normalise_rows,
-    _normalise_rows_vjp,
     _scale,
+    _scale_dd,
     _target_geometry,
 )
 
@@ -92,67 +113,10 @@ def _margin_param(default, grid, doc="m (radians)"):
 # The shared core.
 
 
-def _empty(xp, features):
-    return xp.zeros((0,), dtype=features.dtype, device=array_api_compat.device(features))
-
-
-@dataclasses.dataclass
-class _Logits:
-    """Everything the forward and the VJP share.
-
-    ``z (N, C)`` the logits and ``dz (N, C)`` their elementwise derivative w.r.t. the cosines; ``hot``
-    the one-hot labels; ``xr, wr`` margin.py's normalisation records (``wr`` of the flattened
-    sub-centres); ``pick (N, C, K)`` the arg-max sub-centre of each class (``None``: no sub-centres);
-    ``extra (N,)`` a per-sample term added to the cross-entropy; ``dz_dnorm (N,)`` the derivative of the
-    target logit and ``dextra_dnorm (N,)`` that of ``extra`` w.r.t. ``|x|`` (``None``: no radial path).
-    """
-
-    z: object
-    dz: object
-    hot: object
-    xr: tuple
-    wr: tuple
-    pick: object = None
-    extra: object = None
-    dz_dnorm: object = None
-    dextra_dnorm: object = None
-
-
-def _target_logits(xp, cos, hot, scale, value, slope):
-    """``z = s cos`` off the target and ``s psi`` on it; ``dz/dcos = s`` and ``s psi'``."""
-    z = xp.where(hot, scale * xp.expand_dims(value, axis=1), scale * cos)
-    dz = xp.where(hot, xp.expand_dims(scale * slope, axis=1), scale * xp.ones_like(cos))
-    return z, dz
-
-
-def _forward(xp, parts):
-    ce = _soft_target_cross_entropy(xp, xp.astype(parts.hot, parts.z.dtype), log_softmax(parts.z, axis=1, xp=xp))
-    return ce if parts.extra is None else ce + parts.extra
-
-
-def _vjp(xp, cot, parts, weights_shape):
-    (xh, xn, xc), (wh, wn, wc) = parts.xr, parts.wr
-    # Common cotangent scale applied last (margin.py's _margin_vjp): 'mean' is 'sum' / N to one rounding.
-    k = xp.max(xp.abs(cot))
-    k = xp.where((k > 0) & xp.isfinite(k), k, xp.ones_like(k))
-    unit = cot / k
-    hot = xp.astype(parts.hot, parts.z.dtype)
-    gz = _soft_target_cross_entropy_grad(xp, unit, hot, parts.z)  # cot (p - onehot) / k
-    g = gz * parts.dz  # dL/dcos / k
-    if parts.pick is not None:  # the class cosine is its arg-max sub-centre's: route the gradient there
-        zero = xp.zeros(parts.pick.shape, dtype=g.dtype, device=array_api_compat.device(g))
-        g = xp.where(parts.pick, xp.expand_dims(g, axis=2), zero)
-        g = xp.reshape(g, (g.shape[0], g.shape[1] * g.shape[2]))
-    gx = _normalise_rows_vjp(xp, xp.matmul(g, wh), xh, xn, xc)
-    gw = _normalise_rows_vjp(xp, xp.matmul(g.T, xh), wh, wn, wc)
-    if parts.dz_dnorm is not None:  # d|x|/dx = x_hat
-        radial = xp.sum(gz * hot, axis=1) * parts.dz_dnorm + unit * parts.dextra_dnorm
-        gx = gx + xp.expand_dims(radial, axis=1) * xh
-    return k * gx, None, k * xp.reshape(gw, weights_shape)
-
-
-def _zero_grads(xp, features, weights):
-    return xp.zeros_like(features), None, xp.zeros_like(weights)
+def _target_logits(xp, cos, hot, scale, value):
+    """``z = s cos`` off the target (``cos`` already times ``s``) and ``s psi`` on it, double-doubles."""
+    zt = _dd_expand(xp, _dd_mul(xp, value, _scale_dd(xp, scale, cos[0])))
+    return xp.where(hot, zt[0], cos[0]), xp.where(hot, zt[1], cos[1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,21 +134,26 @@ def _subcenter_check(xp, name, features, labels, weights, **params):
             _fail(ValueError, name, "weights", "sub-centre rows of nonzero norm (pass eps= to clamp the norm)", f"zero row(s) (class, sub-centre) at {rows}")
 
 
-def _subcenter_logits(xp, features, labels, weights, scale, margin, easy_margin, fallback, eps):
+def _subcenter_logits(xp, features, labels, weights, scale, margin, easy_margin, fallback, eps, grad=True):
     n = features.shape[0]
     c_, k_, d_ = weights.shape
-    cos_all, xr, wr = _cosines(xp, features, xp.reshape(weights, (c_ * k_, d_)), eps)
-    cos3 = xp.reshape(cos_all, (n, c_, k_))
-    best = xp.argmax(cos3, axis=2)  # the first maximum (array API)
+    cos_all, xr, wr = _cosines(xp, features, xp.reshape(weights, (c_ * k_, d_)), eps, scale)
+    hi, lo = xp.reshape(cos_all[0], (n, c_, k_)), xp.reshape(cos_all[1], (n, c_, k_))
+    # the largest double-double over the sub-centres (high parts first, low parts among their ties),
+    # and the first sub-centre that attains it (as argmax)
+    top = xp.max(hi, axis=2, keepdims=True)
+    tied = hi == top
+    top_lo = xp.max(xp.where(tied, lo, xp.full_like(lo, -math.inf)), axis=2, keepdims=True)
+    best = xp.argmax(xp.astype(tied & (lo == top_lo), xp.int8), axis=2)
     pick = one_hot(best, k_, axis=-1, xp=xp)
-    cos = xp.max(cos3, axis=2)
-    # the target's sub-centre, as a row of the flattened (C K, D) weights: sin^2 from |x_hat -+ W_hat|^2
+    cos = xp.squeeze(top, axis=2), xp.squeeze(top_lo, axis=2)
+    # the target's sub-centre, as a row of the flattened (C K, D) weights: its geometry from |x_hat -+ W_hat|^2
     flat = labels * k_ + take_along_axis(best, labels, axis=1, xp=xp)
-    c, s2 = _target_geometry(xp, cos_all, xr, wr, flat)
-    value, slope = _arc_psi(xp, c, s2, margin, easy_margin, fallback)
+    target = _target_geometry(xp, xr, wr, flat)
+    value, slope = _arc_psi(xp, target, margin, easy_margin, fallback, grad=grad)
     hot = one_hot(labels, c_, axis=1, xp=xp)
-    z, dz = _target_logits(xp, cos, hot, scale, value, slope)
-    return _Logits(z, dz, hot, xr, wr, pick=pick)
+    z = _target_logits(xp, cos, hot, scale, value)
+    return _Logits(*z, labels, hot, _scale_dd(xp, scale, z[0]), slope, xr, wr, target, pick=pick)
 
 
 @loss(
@@ -232,7 +201,7 @@ def subcenter_arcface_loss(xp, features, labels, weights, *, scale, margin, easy
     Gradient: as ArcFace w.r.t. the class cosines (``G = s (p - onehot) psi'`` on the target, ``s (p - onehot)``
     elsewhere, ``psi' = sin(theta + m) / sin(theta)`` on the margin branch, 1 on the others), routed
     through the max to the arg-max sub-centre of each class only: its row gets the section-0 chain
-    rule, the other sub-centres nothing. Ties (equal sub-centre cosines, to the bit) go to the first
+    rule, the other sub-centres nothing. Ties (equal sub-centre cosines as double-doubles) go to the first
     sub-centre (``argmax``, as ``torch.max``); the max is a kink there. At ``|c| = 1`` the slope is the
     L'Hopital value (finite, zero subgradient; the references give NaN).
 
@@ -241,7 +210,7 @@ def subcenter_arcface_loss(xp, features, labels, weights, *, scale, margin, easy
     """
     if features.shape[0] == 0:
         return _empty(xp, features)
-    return _forward(xp, _subcenter_logits(xp, features, labels, weights, scale, margin, easy_margin, fallback, eps))
+    return _forward(xp, _subcenter_logits(xp, features, labels, weights, scale, margin, easy_margin, fallback, eps, grad=False))
 
 
 @subcenter_arcface_loss.defvjp
@@ -313,14 +282,24 @@ def _adacos_check(xp, name, features, labels, weights, **params):
         _fail(ValueError, name, "weights", "of at least 2 classes for scale=None (sqrt(2) log(C - 1))", f"shape {tuple(weights.shape)}")
 
 
-def _adacos_logits(xp, features, labels, weights, scale, margin, eps):
-    s = adacos_fixed_scale(weights.shape[0]) if scale is None else scale
-    cos, xr, wr = _cosines(xp, features, weights, eps)
-    c, s2 = _target_geometry(xp, cos, xr, wr, labels)
-    value, slope = _arc_psi(xp, c, s2, margin, False, "none")
-    hot = one_hot(labels, cos.shape[1], axis=1, xp=xp)
-    z, dz = _target_logits(xp, cos, hot, s, value, slope)
-    return _Logits(z, dz, hot, xr, wr)
+def _adacos_scale(xp, scale, c, like):
+    """The scale as a double-double: ``sqrt(2) log(C - 1)`` for ``scale=None`` (the oracle's exact value,
+    not its float64 rounding, which would err by ~|z| 2^-53 in every logit)."""
+    if scale is not None:
+        return _dd_const(xp, scale, like)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        return _dd_const(xp, _dd_decimal(decimal.Decimal(2).sqrt() * decimal.Decimal(c - 1).ln()), like)
+
+
+def _adacos_logits(xp, features, labels, weights, scale, margin, eps, grad=True):
+    s = _adacos_scale(xp, scale, weights.shape[0], features)
+    cos, xr, wr = _cosines(xp, features, weights, eps, s)
+    target = _target_geometry(xp, xr, wr, labels)
+    value, slope = _arc_psi(xp, target, margin, False, "none", grad=grad)
+    hot = one_hot(labels, cos[0].shape[1], axis=1, xp=xp)
+    z = _target_logits(xp, cos, hot, s, value)
+    return _Logits(*z, labels, hot, s, slope, xr, wr, target)
 
 
 @loss(
@@ -364,7 +343,7 @@ def adacos_loss(xp, features, labels, weights, *, scale, margin, eps):
     """
     if features.shape[0] == 0:
         return _empty(xp, features)
-    return _forward(xp, _adacos_logits(xp, features, labels, weights, scale, margin, eps))
+    return _forward(xp, _adacos_logits(xp, features, labels, weights, scale, margin, eps, grad=False))
 
 
 @adacos_loss.defvjp
@@ -402,17 +381,23 @@ def curricularface_update_t(cosines, labels, t, *, momentum=0.01):
     return momentum * float(xp.mean(target)) + (1 - momentum) * t
 
 
-def _curricular_logits(xp, features, labels, weights, scale, margin, t, eps):
-    cos, xr, wr = _cosines(xp, features, weights, eps)
-    c, s2 = _target_geometry(xp, cos, xr, wr, labels)
-    value, slope = _arc_psi(xp, c, s2, margin, False, "insightface")
-    ctm = _angle_add_rows(xp, c, s2, math.cos(margin), math.sin(margin))[0]  # the mask's threshold: no fallback
-    hot = one_hot(labels, cos.shape[1], axis=1, xp=xp)
-    hard = (cos > xp.expand_dims(ctm, axis=1)) & ~hot
-    modulated = xp.where(hard, cos * (t + cos), cos)
-    z, dz = _target_logits(xp, modulated, hot, scale, value, slope)
-    dz = xp.where(hard, scale * (t + 2 * cos), dz)
-    return _Logits(z, dz, hot, xr, wr)
+def _curricular_logits(xp, features, labels, weights, scale, margin, t, eps, grad=True):
+    s = _dd_const(xp, scale, features)
+    cos, xr, wr = _cosines(xp, features, weights, eps, scale)  # s c: ArcFace's logits off the hard negatives
+    target = _target_geometry(xp, xr, wr, labels)
+    value, slope = _arc_psi(xp, target, margin, False, "insightface", grad=grad)
+    sin_m, cos_m = _dd_sincos_of(xp, margin, features)
+    ctm = _angle_add_rows(xp, target, cos_m, sin_m, grad=False)[0]  # the mask's threshold: no fallback
+    hot = one_hot(labels, cos[0].shape[1], axis=1, xp=xp)
+    hard = _dd_gt(cos, _dd_expand(xp, _dd_mul(xp, ctm, s))) & ~hot  # s c > s ctm, on the double-doubles
+    tt = _dd_const(xp, t, features)
+    c = _dd_div(xp, cos, s)
+    z = _target_logits(xp, _dd_where(xp, hard, _dd_mul(xp, cos, _dd_add(xp, tt, c)), cos), hot, s, value)
+    if not grad:
+        return _Logits(*z, labels, hot, s, slope, xr, wr, target)
+    # dz/dc = s (t + 2 c) on hard negatives (|t + 2 c| <= 3), s elsewhere
+    off = _dd_where(xp, hard, _dd_add(xp, tt, _dd_add(xp, c, c)), _dd_const(xp, 1.0, features))
+    return _Logits(*z, labels, hot, s, slope, xr, wr, target, off_factor=off)
 
 
 @loss(
@@ -457,7 +442,7 @@ def curricularface_loss(xp, features, labels, weights, *, scale, margin, t, eps)
     """
     if features.shape[0] == 0:
         return _empty(xp, features)
-    return _forward(xp, _curricular_logits(xp, features, labels, weights, scale, margin, t, eps))
+    return _forward(xp, _curricular_logits(xp, features, labels, weights, scale, margin, t, eps, grad=False))
 
 
 @curricularface_loss.defvjp
@@ -490,27 +475,37 @@ def _magface_check(xp, name, features, labels, weights, **params):
         _fail(ValueError, name, "u_margin", f"at least l_margin={params['l_margin']!r} (a non-decreasing margin)", repr(params["u_margin"]))
 
 
-def _magface_logits(xp, features, labels, weights, scale, l_a, u_a, l_margin, u_margin, lambda_g, easy_margin, eps):
-    cos, xr, wr = _cosines(xp, features, weights, eps)
-    c, s2 = _target_geometry(xp, cos, xr, wr, labels)
-    _, xn, xc = xr
-    norm = xp.reshape(xn, (-1,))
-    a = xp.clip(norm, l_a, u_a)
+def _magface_logits(xp, features, labels, weights, scale, l_a, u_a, l_margin, u_margin, lambda_g, easy_margin, eps, grad=True):
+    cos, xr, wr = _cosines(xp, features, weights, eps, scale)
+    target = _target_geometry(xp, xr, wr, labels)
+    norm = xp.reshape(xr.norm, (-1,)), xp.reshape(xr.norm_lo, (-1,))
+    a, below, above = _dd_clip(xp, norm, l_a, u_a)
     # d a / d|x| = 1 inside the clamp, bounds included (torch's clamp backward), 0 outside and where eps is the norm
-    inside = (norm >= l_a) & (norm <= u_a)
-    if xc is not None:
-        inside = inside & ~xp.reshape(xc, (-1,))
-    live = xp.astype(inside, c.dtype)
-    k = (u_margin - l_margin) / (u_a - l_a)
-    m = k * (a - l_a) + l_margin
-    value, slope, dm = _arc_psi(xp, c, s2, m, easy_margin, "insightface", margin_slope=True)
-    hot = one_hot(labels, cos.shape[1], axis=1, xp=xp)
-    z, dz = _target_logits(xp, cos, hot, scale, value, slope)
-    extra = lambda_g * (a / u_a**2 + 1 / a)
+    inside = ~below & ~above
+    if xr.clamped is not None:
+        inside = inside & ~xp.reshape(xr.clamped, (-1,))
+
+    def const(v):
+        return _dd_const(xp, v, features)
+
+    # m = (u_m - l_m) / (u_a - l_a) (a - l_a) + l_m in double-double: the margin enters cos(theta + m) at s = 64
+    k = _dd_div(xp, _dd_sub(xp, const(u_margin), const(l_margin)), _dd_sub(xp, const(u_a), const(l_a)))
+    m = _dd_add(xp, _dd_mul(xp, k, _dd_sub(xp, a, const(l_a))), const(l_margin))
+    value, slope, dm = _arc_psi(xp, target, m, easy_margin, "insightface", margin_slope=True, grad=grad)
+    hot = one_hot(labels, cos[0].shape[1], axis=1, xp=xp)
+    z = _target_logits(xp, cos, hot, scale, value)
+    u2 = _dd_mul(xp, const(u_a), const(u_a))
+    extra = _dd_mul(xp, const(lambda_g), _dd_add(xp, _dd_div(xp, a, u2), _dd_div(xp, const(1.0), a)))
+    s = const(scale)
+    if not grad:
+        return _Logits(*z, labels, hot, s, slope, xr, wr, target, extra=extra)
+    # g'(a) = 1/u_a^2 - 1/a^2 = (a - u_a)(a + u_a) / (u_a^2 a^2): no cancellation near a = u_a
+    dg = _dd_div(xp, _dd_mul(xp, _dd_sub(xp, a, const(u_a)), _dd_add(xp, a, const(u_a))), _dd_mul(xp, u2, _dd_mul(xp, a, a)))
+    zero = _dd_const(xp, 0.0, features)
     return _Logits(
-        z, dz, hot, xr, wr, extra=extra,
-        dz_dnorm=(scale * k) * dm * live,
-        dextra_dnorm=lambda_g * (1 / u_a**2 - 1 / (a * a)) * live,
+        *z, labels, hot, s, slope, xr, wr, target, extra=extra,
+        dz_dnorm=_dd_where(xp, inside, _dd_mul(xp, _dd_mul(xp, s, k), dm), zero),
+        dextra_dnorm=_dd_where(xp, inside, _dd_mul(xp, const(lambda_g), dg), zero),
     )
 
 
@@ -560,7 +555,7 @@ def magface_loss(xp, features, labels, weights, *, scale, l_a, u_a, l_margin, u_
     """
     if features.shape[0] == 0:
         return _empty(xp, features)
-    parts = _magface_logits(xp, features, labels, weights, scale, l_a, u_a, l_margin, u_margin, lambda_g, easy_margin, eps)
+    parts = _magface_logits(xp, features, labels, weights, scale, l_a, u_a, l_margin, u_margin, lambda_g, easy_margin, eps, grad=False)
     return _forward(xp, parts)
 
 
@@ -596,45 +591,58 @@ def adaface_norm_stats(features, norm_mean=20.0, norm_std=100.0, *, t_alpha=0.01
             f"{name}: features must be an array of shape (N, D) with N >= 2 (unbiased std), got {getattr(features, 'shape', features)!r}"
         )
     xp = namespace(features)
-    _, norm, _ = _normalise_rows(xp, features, None)
-    n = xp.clip(xp.reshape(norm, (-1,)), 1e-3, 100.0)
+    n = xp.clip(xp.reshape(_normalise_rows(xp, features, None).norm, (-1,)), 1e-3, 100.0)
     mean = xp.mean(n)
     std = xp.sqrt(xp.sum((n - mean) ** 2) / (n.shape[0] - 1))
     return t_alpha * float(mean) + (1 - t_alpha) * norm_mean, t_alpha * float(std) + (1 - t_alpha) * norm_std
 
 
-def _adaface_logits(xp, features, labels, weights, norm_features, scale, margin, h, norm_mean, norm_std, eps):
-    lim = 1 - _ADAFACE_EPS
-    cos, xr, wr = _cosines(xp, features, weights, eps)
-    raw, s2 = _target_geometry(xp, cos, xr, wr, labels)
-    live = xp.astype((cos >= -lim) & (cos <= lim), cos.dtype)  # clamp backward: 1 inside, bounds included
-    cos_c = xp.clip(cos, -lim, lim)
-    c = xp.clip(raw, -lim, lim)
-    s2 = xp.where(c == raw, s2, (1 - c) * (1 + c))
+def _adaface_logits(xp, features, labels, weights, norm_features, scale, margin, h, norm_mean, norm_std, eps, grad=True):
+    def const(v):
+        return _dd_const(xp, v, features)
+
+    e = const(_ADAFACE_EPS)
+    lim = _dd_sub(xp, const(1.0), e)  # 1 - 1e-3 exactly (not its float64 rounding)
+    s = const(scale)
+    cos, xr, wr = _cosines(xp, features, weights, eps, scale)  # s cos: clamped at s lim (the same decisions)
+    slim = _dd_mul(xp, lim, s)
+    cos_c, below, above = _dd_clip(xp, cos, _dd_neg(slim), slim)
+    live = ~below & ~above  # clamp backward: 1 inside, bounds included
+    target = _target_geometry(xp, xr, wr, labels)
+    c, t_below, t_above = _dd_clip(xp, target.c, _dd_neg(lim), lim)
+    clamped = t_below | t_above
+    s2 = _dd_where(xp, clamped, _dd_mul(xp, _dd_sub(xp, const(1.0), c), _dd_add(xp, const(1.0), c)), target.s2)
+    target.c = c
+    target.set_s2(s2)
     # the detached norm (from norm_features: the inputs themselves, or the frozen base point)
-    norm = _normalise_rows(xp, norm_features, eps)[1] if norm_features is not features else xr[1]
-    n = xp.clip(xp.reshape(norm, (-1,)), _ADAFACE_EPS, 100.0)
-    zeta = xp.clip(h * (n - norm_mean) / (norm_std + _ADAFACE_EPS), -1.0, 1.0)
-    mu = margin * zeta  # theta' = clip(theta - mu, eps, pi - eps); g_add = m + mu
-    value, slope, _ = _angle_add_rows(xp, c, s2, xp.cos(mu), -xp.sin(mu))  # cos(theta - mu)
+    rows = _normalise_rows(xp, norm_features, eps) if norm_features is not features else xr
+    n, _, _ = _dd_clip(xp, (xp.reshape(rows.norm, (-1,)), xp.reshape(rows.norm_lo, (-1,))), _ADAFACE_EPS, 100.0)
+    ratio = _dd_div(xp, _dd_mul(xp, const(h), _dd_sub(xp, n, const(norm_mean))), _dd_add(xp, const(norm_std), e))
+    zeta, _, _ = _dd_clip(xp, ratio, -1.0, 1.0)
+    mu = _dd_mul(xp, const(margin), zeta)  # theta' = clip(theta - mu, eps, pi - eps); g_add = m + mu
+    sin_mu, cos_mu = _dd_sincos(xp, mu)
+    value, slope, _ = _angle_add_rows(xp, target, cos_mu, _dd_neg(sin_mu), grad)  # cos(theta - mu)
     # theta - mu < eps  <=>  theta < a = mu + eps  <=>  c > cos(a) for a in (0, pi): no acos
-    a = mu + _ADAFACE_EPS
-    low = (a >= math.pi) | ((a > 0) & (c > xp.cos(a)))
-    b = mu + (math.pi - _ADAFACE_EPS)
-    high = (b <= 0) | ((b < math.pi) & (c < xp.cos(b)))
-    clipped = low | high
-    value = xp.where(low, xp.full_like(c, math.cos(_ADAFACE_EPS)), xp.where(high, xp.full_like(c, math.cos(math.pi - _ADAFACE_EPS)), value))
-    slope = xp.where(clipped, xp.zeros_like(slope), slope)
-    hot = one_hot(labels, cos.shape[1], axis=1, xp=xp)
-    z, dz = _target_logits(xp, cos_c, hot, scale, value - margin - mu, slope)
-    return _Logits(z, dz * live, hot, xr, wr)
+    zero, pi = const(0.0), const(_PI)
+    sin_e, cos_e = _dd_sincos_of(xp, _ADAFACE_EPS, features)  # cos(pi - eps) = -cos(eps)
+    cs, sn = _dd_mul(xp, cos_mu, cos_e), _dd_mul(xp, sin_mu, sin_e)
+    a = _dd_add(xp, mu, e)
+    low = ~_dd_gt(pi, a) | (_dd_gt(a, zero) & _dd_gt(c, _dd_sub(xp, cs, sn)))  # cos(a) = cos(mu + eps)
+    b = _dd_add(xp, mu, _dd_sub(xp, pi, e))
+    high = ~_dd_gt(b, zero) | (_dd_gt(pi, b) & _dd_gt(_dd_neg(_dd_add(xp, cs, sn)), c))  # cos(b) = -cos(mu - eps)
+    value = _dd_where(xp, low, cos_e, _dd_where(xp, high, _dd_neg(cos_e), value))
+    if grad:
+        slope = _dd_where(xp, low | high, _dd_zeros(xp, slope[0]), slope)
+    hot = one_hot(labels, cos[0].shape[1], axis=1, xp=xp)
+    z = _target_logits(xp, cos_c, hot, s, _dd_sub(xp, value, _dd_add(xp, const(margin), mu)))
+    return _Logits(*z, labels, hot, s, slope, xr, wr, target, live=live, live_target=~clamped)
 
 
 def _adaface_frozen(xp, base, features, labels, weights, *, scale, margin, h, norm_mean, norm_std, eps):
     """AdaFace with the norm ``n`` frozen at ``base`` (the official ``safe_norms.clone().detach()``)."""
     if features.shape[0] == 0:
         return _empty(xp, features)
-    parts = _adaface_logits(xp, features, labels, weights, base[0], scale, margin, h, norm_mean, norm_std, eps)
+    parts = _adaface_logits(xp, features, labels, weights, base[0], scale, margin, h, norm_mean, norm_std, eps, grad=False)
     return _forward(xp, parts)
 
 
@@ -683,7 +691,7 @@ def adaface_loss(xp, features, labels, weights, *, scale, margin, h, norm_mean, 
     """
     if features.shape[0] == 0:
         return _empty(xp, features)
-    parts = _adaface_logits(xp, features, labels, weights, features, scale, margin, h, norm_mean, norm_std, eps)
+    parts = _adaface_logits(xp, features, labels, weights, features, scale, margin, h, norm_mean, norm_std, eps, grad=False)
     return _forward(xp, parts)
 
 

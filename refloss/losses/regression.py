@@ -8,13 +8,15 @@ Both are differentiable; the target's gradient is minus the input's unless state
 from __future__ import annotations
 
 import decimal
+import functools
 import math
+from fractions import Fraction
 
 import array_api_compat
 
 from .. import domains as D
 from ..loss import SAMPLE, Input, Param, loss
-from ..xp import sum_to_shape, xlogy
+from ..xp import dd_exp, dd_log, dd_mul, dd_split_rational, dd_sub, dd_sum, dd_sum_to_shape, renormalise, significand_bits, sum_to_shape, two_prod, two_sum, xlogy
 
 __all__ = [
     "balanced_l1_loss",
@@ -233,20 +235,76 @@ def poisson_nll_loss(xp, input, target, *, log_input, full, eps):
     ``l = exp(x) - y x`` for a log-rate ``x``; ``l = x - y log(x + eps)`` for a rate. ``full`` adds
     Stirling's ``y log y - y + log(2 pi y) / 2`` where ``y > 1`` (0 elsewhere, as PyTorch and TF).
 
-    Gradient: ``exp(x) - y`` (log-rate) or ``1 - y / (x + eps)``. The target is data (counts) and is
-    not differentiated; the Stirling term is discontinuous at ``y = 1``.
+    Both forms cancel near their roots (``exp(x) ~ y x``), and ``full`` cancels further (near
+    ``x = log y`` the loss is ``~ log(2 pi y) / 2`` out of terms of size ``y log y``): every term is
+    formed as a double-double (:func:`dd_exp`, :func:`dd_log`, exact products and sums) and the sum
+    is rounded once, so the loss is correct to an ulp of itself however much the terms cancel.
+
+    Gradient: ``exp(x) - y`` (log-rate, from the double-double ``exp``) or ``(x + eps - y) / (x + eps)``
+    (rate; the numerator from exact sums). The target is data (counts) and is not differentiated;
+    the Stirling term is discontinuous at ``y = 1``.
     """
     if log_input:
-        out = xp.exp(input) - target * input
+        plain = xp.exp(input) - target * input
     else:
-        out = input - xlogy(target, input + eps, xp=xp)
-    return out + _stirling(xp, target) if full else out
+        plain = input - xlogy(target, input + eps, xp=xp)
+    if full:
+        plain = plain + _stirling(xp, target)
+    fin = xp.isfinite(plain)
+    x, y = xp.where(fin, input, xp.zeros_like(input)), xp.where(fin, target, xp.zeros_like(target))
+    zero = xp.zeros_like(x)
+    if log_input:
+        p, pe = two_prod(xp, y, x)
+        terms = [dd_exp(xp, x), (-p, -pe)]
+    else:
+        r, re = two_sum(xp, x, xp.full_like(x, eps))
+        lr_hi, lr_lo = dd_log(xp, r, re)
+        p, pe = dd_mul(xp, y, zero, lr_hi, lr_lo)
+        terms = [(x, zero), (-p, -pe)]
+    if full:
+        big = y > 1
+        ys = xp.where(big, y, xp.ones_like(y))
+        ly_hi, ly_lo = dd_log(xp, ys)
+        q, qe = dd_mul(xp, ys, zero, ly_hi, ly_lo)
+        c_hi, c_lo = _half_log_2pi(xp, x)
+        stirling = [(q, qe), (-ys, zero), (0.5 * ly_hi, 0.5 * ly_lo), (xp.full_like(x, c_hi), xp.full_like(x, c_lo))]
+        terms += [(xp.where(big, hi, zero), xp.where(big, lo, zero)) for hi, lo in stirling]
+    total, _ = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
+    return xp.where(fin, total, plain)
+
+
+_PI = "3.14159265358979323846264338327950288419716939937510582097494459"
+
+
+@functools.lru_cache(maxsize=None)
+def _half_log_2pi_parts(bits):
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        return dd_split_rational(Fraction((2 * decimal.Decimal(_PI)).ln()) / 2, bits, 2)
+
+
+def _half_log_2pi(xp, x):
+    """``log(2 pi) / 2`` as a pair in ``x``'s dtype."""
+    return _half_log_2pi_parts(significand_bits(xp, x))
 
 
 @poisson_nll_loss.defvjp
 def _poisson_vjp(xp, cot, input, target, *, log_input, full, eps):
-    d_input = xp.exp(input) - target if log_input else 1 - target / (input + eps)
-    return cot * d_input, None
+    if log_input:
+        plain = xp.exp(input) - target
+        fin = xp.isfinite(plain)
+        x, y = xp.where(fin, input, xp.zeros_like(input)), xp.where(fin, target, xp.zeros_like(target))
+        e_hi, e_lo = dd_exp(xp, x)
+        exact = dd_sub(xp, e_hi, e_lo, y, xp.zeros_like(y))
+    else:
+        plain = 1 - target / (input + eps)
+        fin = xp.isfinite(plain) & xp.isfinite(input)
+        x, y = xp.where(fin, input, xp.zeros_like(input)), xp.where(fin, target, xp.zeros_like(target))
+        r, re = two_sum(xp, x, xp.full_like(x, eps))
+        n, ne = two_sum(xp, r, -y)
+        g = (n + (ne + re)) / r
+        exact = g - g * (re / r)  # the denominator's low part, to first order
+    return cot * xp.where(fin, exact, plain), None
 
 
 def _gaussian_nll_frozen(xp, base, input, target, var, *, full, eps):
@@ -256,9 +314,26 @@ def _gaussian_nll_frozen(xp, base, input, target, var, *, full, eps):
 
 
 def _gaussian_nll(xp, input, target, v, full):
+    """``(log v + d^2 / v) / 2`` (``+ log(2 pi) / 2``): the two terms cancel where ``d^2 / v ~ -log v``
+    (``v < 1``), so ``d`` is exact (TwoSum), ``d^2 / v`` and ``log v`` are double-doubles, and their sum
+    is rounded once."""
     d = input - target
-    out = 0.5 * (xp.log(v) + d * d / v)
-    return out + 0.5 * math.log(2 * math.pi) if full else out
+    plain = 0.5 * (xp.log(v) + d * d / v)
+    if full:
+        plain = plain + 0.5 * math.log(2 * math.pi)
+    fin = xp.isfinite(plain)
+    w = xp.where(fin, v, xp.ones_like(plain))
+    sq_hi, sq_lo = _exact_square(xp, input, target, fin)
+    q = sq_hi / w
+    p, pe = two_prod(xp, q, w)
+    q_lo = (((sq_hi - p) - pe) + sq_lo) / w
+    l_hi, l_lo = dd_log(xp, w)
+    terms = [(0.5 * q, 0.5 * q_lo), (0.5 * l_hi, 0.5 * l_lo)]
+    if full:
+        c_hi, c_lo = _half_log_2pi(xp, w)
+        terms.append((xp.full_like(w, c_hi), xp.full_like(w, c_lo)))
+    total, _ = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
+    return xp.where(fin, total, plain)
 
 
 @loss(
@@ -295,8 +370,27 @@ def _gaussian_nll_vjp(xp, cot, input, target, var, *, full, eps):
     v = xp.maximum(var, eps)
     d = input - target
     g_input = cot * d / v
-    g_var = sum_to_shape(cot * 0.5 * (1 / v - (d / v) * (d / v)), var.shape, xp=xp)
+    # d l / d var = (v - d^2) / (2 v^2) summed over var's broadcast dimensions, where v is constant: the
+    # sum of cot (v - d^2) cancels (terms of both signs, and v - d^2 itself), so it is a double-double
+    # sum of exact products, rounded once, then scaled.
+    plain = cot * (0.5 * (1 / v - (d / v) * (d / v)))
+    fin = xp.isfinite(plain)
+    vb = xp.where(fin, v, xp.ones_like(plain))
+    sq_hi, sq_lo = _exact_square(xp, input, target, fin)
+    n_hi, n_lo = two_sum(xp, vb, -sq_hi)
+    n_hi, n_lo = renormalise(xp, n_hi, n_lo - sq_lo)
+    c = xp.where(fin, cot * xp.ones_like(plain), xp.zeros_like(plain))
+    t_hi, t_lo = dd_mul(xp, c, xp.zeros_like(c), n_hi, n_lo)
+    total = dd_sum_to_shape(xp, t_hi, t_lo, var.shape)
+    g_var = 0.5 * ((total / v) / v) + sum_to_shape(xp.where(fin, xp.zeros_like(plain), plain), var.shape, xp=xp)
     return g_input, -g_input, g_var
+
+
+def _exact_square(xp, input, target, fin):
+    """``d^2`` with ``d = input - target`` exact (TwoSum), as a double-double; 0 off the lanes ``fin``."""
+    x, y = xp.where(fin, input, xp.zeros_like(input)), xp.where(fin, target, xp.zeros_like(target))
+    d_hi, d_lo = two_sum(xp, x, -y)
+    return dd_mul(xp, d_hi, d_lo, d_hi, d_lo)
 
 
 @loss(

@@ -30,8 +30,13 @@ or the whole batch), the empty-mask rule and the class averaging; see :data:`CON
 Gradient of the core (derived once): with ``L = A / B``, ``A = Err + s_d - s_n``, ``B = Den + s_d``,
 ``dL = (dErr - L dDen) / B``, and each sum is linear in ``p`` or quadratic: ``dI/dp = y``,
 ``dFP/dp = 1 - y``, ``dFN/dp = -y``, ``dSQ/dp = 2 (p - y)``, ``dP2/dp = 2 p``. The activation's
-backward is written once (:func:`_activation_vjp`): softmax ``p (g - sum_c p g)``, sigmoid
+backward is written once (:func:`_activation_vjp_dd`): softmax ``p (g - sum_c p g)``, sigmoid
 ``g p (1 - p)``. Targets are not differentiated (the VJP returns ``None`` for them).
+
+Precision: the core runs in double-double, from the probabilities to the activation's backward, and
+rounds once (see "Double-double pieces of the core" below): the value and each gradient entry are
+within an ulp or so of the exact ones for soft targets and saturated logits alike. It costs about
+twenty times the float64 arithmetic it replaces.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ import array_api_compat
 
 from .. import domains as D
 from ..loss import Input, Param, _check_labels, _check_values, _match_shape, loss
-from ..xp import is_floating, is_integer, namespace, one_hot, sigmoid, softmax
+from ..xp import dd_mul, dd_sum, is_floating, is_integer, namespace, one_hot, renormalise, softmax, take_along_axis, two_prod, two_sum
+from ..xp import dd_add as _dd_add, dd_div as _dd_div, dd_exp as _exp_dd, dd_log as _log_dd, dd_log2_multiple as _log2_times, dd_scale_exponent as _scale_exponent, significand_bits as _bits
 
 __all__ = [
     "dice_loss",
@@ -105,37 +111,7 @@ CONVENTIONS = {
 _LIBRARY_PRESETS = ("monai", "smp", "kornia", "kornia_macro", "keras", "optax")
 
 # ------------------------------------------------------------------------------------------------
-# Activation and targets, written once.
-
-
-def _activate(xp, x, activation):
-    """``(p, q)`` with ``q = 1 - p`` computed without cancellation: ``sigmoid(-x)`` for sigmoid; for
-    softmax the sum of the other classes where ``p > 1/2`` (there all others are below 1/2), else the
-    exact-enough ``1 - p``."""
-    if activation == "sigmoid":
-        return sigmoid(x, xp=xp), sigmoid(-x, xp=xp)
-    if activation == "softmax":
-        p = softmax(x, axis=1, xp=xp)
-        small = p <= 0.5
-        others = xp.sum(xp.where(small, p, xp.zeros_like(p)), axis=1, keepdims=True)
-        return p, xp.where(small, 1 - p, others * xp.ones_like(p))
-    return x, 1 - x
-
-
-def _activation_vjp(xp, g, p, q, activation):
-    """Backward of :func:`_activate` given ``g = dL/dp``."""
-    if activation == "sigmoid":
-        return g * p * q
-    if activation == "softmax":
-        # p_c (g_c - sum_j p_j g_j), with g measured from r = g at the most probable class (sum_j p_j = 1):
-        # (g_c - r) - sum_j p_j (g_j - r). For that class the factor is -sum_{j != c} p_j (g_j - r), of the
-        # size of the result (the plain form subtracts two O(|g|) numbers to get O((1 - p_c) |g|)), and
-        # equal g's (a symmetric pixel) give exactly 0, not the rounding of sum_j p_j.
-        top = xp.argmax(p, axis=1, keepdims=True)
-        r = xp.take_along_axis(g, top, axis=1)
-        gr = g - r
-        return p * (gr - xp.sum(p * gr, axis=1, keepdims=True))
-    return g
+# Targets.
 
 
 def _index_targets(loss_obj, args, kwargs):
@@ -169,16 +145,6 @@ def _index_targets(loss_obj, args, kwargs):
 # ------------------------------------------------------------------------------------------------
 # The overlap core.
 
-# dB/dp for each basis sum, as a function of (p, y, d = p - y).
-_BASIS_GRAD = {
-    "I": lambda p, y, d: y,
-    "FP": lambda p, y, d: 1 - y,
-    "FN": lambda p, y, d: -y,
-    "SQ": lambda p, y, d: 2 * d,
-    "P2": lambda p, y, d: 2 * p,
-}
-
-
 def _formula(kind, conv, squared=False, alpha=0.5, beta=0.5):
     """``(num, den, err)`` coefficient dicts over the basis sums (see the module docstring)."""
     if kind == "dice":
@@ -200,31 +166,6 @@ def _flat(xp, a):
     return xp.reshape(a, (n, c, math.prod(a.shape[2:])))
 
 
-def _setup(xp, x, y, activation, include_background):
-    """Probabilities and targets as ``(N, C', M)`` (background dropped if asked and C > 1)."""
-    p, q = _activate(xp, x, activation)
-    drop = (not include_background) and x.shape[1] > 1
-    if drop:
-        p, q, y = p[:, 1:, ...], q[:, 1:, ...], y[:, 1:, ...]
-    return _flat(xp, p), _flat(xp, q), _flat(xp, y), p, q, drop
-
-
-def _basis(xp, p, q, y, names):
-    d = p * (1 - y) - q * y  # p - y, exact at hard y and saturated p
-    terms = {"I": p * y, "FP": p * (1 - y), "FN": q * y, "SQ": d * d, "P2": p * p, "G2": y * y, "G": y}
-    return {k: xp.sum(terms[k], axis=2) for k in names}, d
-
-
-def _aggregate(xp, b, agg):
-    if agg == "sample_class":
-        return b
-    if agg == "batch_class":
-        return xp.sum(b, axis=0)
-    if agg == "sample":
-        return xp.sum(b, axis=1)
-    return xp.sum(b)
-
-
 def _aggregate_vjp(xp, g, agg, like):
     if agg == "batch_class":
         g = xp.expand_dims(g, axis=0)
@@ -233,127 +174,347 @@ def _aggregate_vjp(xp, g, agg, like):
     return g * xp.ones_like(like)
 
 
-def _combine(coef, sums):
-    out = 0.0
-    for k, c in coef.items():
-        out = out + c * sums[k]
-    return out
+# ------------------------------------------------------------------------------------------------
+# Double-double pieces of the core.
+#
+# The core is carried in double-double, from the probabilities (:func:`_probabilities_dd`) through the
+# sums, the units and their derivatives to the activation's backward, and rounded once. In float64,
+# an ulp of a probability or of a unit's ``1/Den`` and ``L/Den`` becomes many ulps of results that
+# cancel: the softmax backward ``p_c (g_c - sum_j p_j g_j)`` of per-class derivatives that are close (6
+# to 9000 ulps seen, soft and saturated targets alike), ``(p - y)^2`` with ``p`` near a soft ``y`` (20
+# ulps), ``1 - 2y - L`` near 0. Pairs are ``(hi, lo)`` tuples.
 
 
-def _gdl_weights(xp, g, w_type):
-    """MONAI GeneralizedDiceLoss weights from the target sums ``G (N, C')`` (constant): ``1/G^2``,
-    ``1/G`` or 1; an infinite weight (empty class) takes the largest finite weight of its sample
-    (0 when the whole sample is empty)."""
-    if w_type == "uniform":
-        return xp.ones_like(g)
-    pos = g > 0
-    safe = xp.where(pos, g, xp.ones_like(g))
-    w = 1 / (safe * safe) if w_type == "square" else 1 / safe
-    w = xp.where(pos, w, xp.zeros_like(w))
-    return xp.where(pos, w, xp.max(w, axis=1, keepdims=True) * xp.ones_like(w))
+def _dd(xp, a):
+    return a, xp.zeros_like(a)
+
+
+def _dd_neg(a):
+    return -a[0], -a[1]
+
+
+def _dd_plus(xp, a, b):
+    return _dd_add(xp, a[0], a[1], b[0], b[1])
+
+
+def _dd_times(xp, a, b):
+    return dd_mul(xp, a[0], a[1], b[0], b[1])
+
+
+def _dd_scale(xp, c, a):
+    """A Python float (or a float array) times a double-double."""
+    hi, lo = two_prod(xp, a[0], c * xp.ones_like(a[0]))
+    return renormalise(xp, hi, lo + c * a[1])
+
+
+def _dd_over(xp, a, b):
+    return _dd_div(xp, a[0], a[1], b[0], b[1])
+
+
+def _dd_total(xp, a, axes):
+    """Sum of a double-double over ``axes`` (all: ``None``), keeping the others."""
+    hi, lo = a
+    axes = tuple(range(hi.ndim)) if axes is None else tuple(k % hi.ndim for k in axes)
+    kept = [k for k in range(hi.ndim) if k not in axes]
+    shape = tuple(hi.shape[k] for k in kept)
+    size = math.prod(hi.shape[k] for k in axes)
+    flat = [xp.reshape(xp.permute_dims(v, tuple(kept) + axes), shape + (size,)) for v in (hi, lo)]
+    return dd_sum(xp, *flat)
+
+
+def _softmax_dd(xp, x):
+    """``softmax(x)`` over axis 1 and its complement ``1 - softmax(x)``, as double-doubles, and the
+    probabilities again as ``(p 2^k, 2^-k)`` where they are below ``2^(-0.9 k)`` (else ``(p, 1)``; ``k = 600``
+    in float64): a subnormal ``p`` has lost its precision, which a product with a huge derivative
+    would expose.
+
+    ``e_c = exp(x_c - m)`` from the exact shift (TwoSum; ``exp(z + zc) = exp(z) (1 + zc)``) and a
+    double-double ``exp``; ``S = 1 + rest`` with ``rest`` the sum of the other classes' ``e``, and ``p = e / S``.
+    The complement is ``rest / S`` at the row maximum (where it can be tiny) and ``1 - p`` elsewhere
+    (``p <= 1/2`` there). Rows whose maximum is not finite give the plain softmax (NaN)."""
+    xt = xp.moveaxis(x, 1, -1)
+    m = xp.max(xt, axis=-1, keepdims=True)
+    fin = xp.isfinite(m)
+    z, zc = two_sum(xp, xt, -xp.where(fin, m, xp.zeros_like(m)))
+    # e far below 1 keeps its precision as e 2^k (scaled back where it is used): k = 600 in float64
+    k = _scale_exponent(xp, z)
+    k_hi, k_lo = _log2_times(_bits(xp, z), k)
+    low = z < -0.9 * k_hi
+    zs, zs_lo = two_sum(xp, z, xp.where(low, xp.full_like(z, k_hi), xp.zeros_like(z)))
+    es_hi, es_lo = _exp_dd(xp, zs)
+    es = renormalise(xp, es_hi, es_lo + es_hi * (zs_lo + zc + xp.where(low, xp.full_like(z, k_lo), xp.zeros_like(z))))
+    unscale = xp.where(low, xp.full_like(z, 2.0**-k), xp.ones_like(z))
+    e = renormalise(xp, es[0] * unscale, es[1] * unscale)
+    e_hi = e[0]
+    top = xp.argmax(xp.where(fin, xt, xp.zeros_like(xt)), axis=-1, keepdims=True)
+    at_top = xp.arange(xt.shape[-1], device=array_api_compat.device(xt)) == top
+    zero = xp.zeros_like(e_hi)
+    rest = dd_sum(xp, xp.where(at_top, zero, e[0]), xp.where(at_top, zero, e[1]))
+    rest = (xp.expand_dims(rest[0], axis=-1), xp.expand_dims(rest[1], axis=-1))
+    total = _dd_plus(xp, _dd(xp, xp.ones_like(rest[0])), rest)
+    p = _dd_over(xp, e, (total[0] * xp.ones_like(e_hi), total[1] * xp.ones_like(e_hi)))
+    at_max = _dd_over(xp, rest, total)
+    one_minus = _dd_plus(xp, _dd(xp, xp.ones_like(e_hi)), _dd_neg(p))
+    q = tuple(xp.where(at_top, a * xp.ones_like(e_hi), b) for a, b in zip(at_max, one_minus))
+    p_scaled = _dd_over(xp, es, (total[0] * xp.ones_like(e_hi), total[1] * xp.ones_like(e_hi)))
+    plain = softmax(x, axis=1, xp=xp)
+    back = [tuple(xp.moveaxis(v, -1, 1) for v in pair) for pair in (p, q, p_scaled)]
+    ok = xp.moveaxis(xp.broadcast_to(fin, xt.shape), -1, 1)
+    p = (xp.where(ok, back[0][0], plain), xp.where(ok, back[0][1], xp.zeros_like(plain)))
+    q = (xp.where(ok, back[1][0], 1 - plain), xp.where(ok, back[1][1], xp.zeros_like(plain)))
+    p_scaled = (xp.where(ok, back[2][0], plain), xp.where(ok, back[2][1], xp.zeros_like(plain)))
+    return p, q, (p_scaled, xp.where(ok, xp.moveaxis(unscale, -1, 1), xp.ones_like(plain)))
+
+
+_TINY = 2.0**-900  # a focal base below this is taken from its logarithm (_log_tiny_base)
+
+
+def _lse_dd(xp, log, axes):
+    """``log(sum(exp(log)))`` over ``axes`` for double-double logarithms (``-inf`` entries are left out; all
+    ``-inf``: ``-inf``): the maximum shifted out, ``exp`` and ``log`` as double-doubles."""
+    hi, lo = log
+    axes = tuple(k % hi.ndim for k in axes)
+    if math.prod(hi.shape[k] for k in axes) == 0:  # an empty sum: log 0
+        out = xp.sum(hi, axis=axes) - math.inf
+        return out, xp.zeros_like(out)
+    top = hi
+    for k in sorted(axes, reverse=True):
+        top = xp.max(top, axis=k, keepdims=True)
+    live = xp.isfinite(top)
+    t_hi, t_lo = two_sum(xp, hi, -xp.where(live, top, xp.zeros_like(top)))
+    e_hi, e_lo = _exp_dd(xp, t_hi)
+    rest = t_lo + xp.where(xp.isfinite(hi), lo, xp.zeros_like(lo))
+    total = _dd_total(xp, renormalise(xp, e_hi, e_lo + e_hi * rest), axes)
+    l_hi, l_lo = _log_dd(xp, *total)
+    for k in sorted(axes, reverse=True):
+        top, live = xp.squeeze(top, axis=k), xp.squeeze(live, axis=k)
+    out = _dd_add(xp, l_hi, l_lo, xp.where(live, top, xp.zeros_like(top)), xp.zeros_like(top))
+    return xp.where(live, out[0], top), xp.where(live, out[1], xp.zeros_like(top))
+
+
+def _log_tiny_base(xp, x, y, base, *, formula, conv, activation, include_background, den, keep):
+    """``log`` of the focal base (the Tversky loss, or its class mean) as a double-double where it is below
+    :data:`_TINY`, or ``None`` where nothing is (or where it cannot be: not the softmax, or smoothing
+    that keeps ``Err >= s_d - s_n > 0``).
+
+    Saturated logits make ``Err = a FP + b FN`` a sum of probabilities below the float64 range (the
+    loss ``(Err / Den)^gamma`` of ``1e-350`` is ``1e-263``); here every term is a logarithm: ``log p_c =
+    (x_c - max) - log S`` and ``log q_c`` from the sum of the other classes (at the row maximum, a
+    log-sum-exp of the others, which never underflows), the sums log-sum-exps (:func:`_lse_dd`)."""
+    _, _, err_c = formula
+    if activation != "softmax" or conv["s_d"] != conv["s_n"] or set(err_c) - {"FP", "FN"}:
+        return None
+    if not bool(xp.any(base < _TINY)):
+        return None
+    m = xp.max(x, axis=1, keepdims=True)
+    fin = xp.isfinite(m)
+    z, zc = two_sum(xp, x, -xp.where(fin, m, xp.zeros_like(m)))
+    _, (q_hi, q_lo), _ = _softmax_dd(xp, x)
+    e_hi, e_lo = _exp_dd(xp, z)
+    total = _dd_total(xp, renormalise(xp, e_hi, e_lo + e_hi * zc), (1,))
+    log_s = tuple(xp.expand_dims(v, axis=1) * xp.ones_like(x) for v in _log_dd(xp, *total))
+    log_p = _dd_plus(xp, renormalise(xp, z, zc), _dd_neg(log_s))
+    top = xp.argmax(xp.where(fin, x, xp.zeros_like(x)), axis=1, keepdims=True)
+    at_top = xp.arange(x.shape[1], device=array_api_compat.device(x))
+    at_top = xp.reshape(at_top, (1, -1) + (1,) * (x.ndim - 2)) == top
+    others = xp.where(at_top, xp.full_like(z, -math.inf), z), xp.where(at_top, xp.zeros_like(zc), zc)
+    log_rest = tuple(xp.expand_dims(v, axis=1) * xp.ones_like(x) for v in _lse_dd(xp, others, (1,)))
+    log_q_top = _dd_plus(xp, log_rest, _dd_neg(log_s))
+    log_q_other = _log_dd(xp, xp.where(at_top, xp.full_like(q_hi, 0.5), q_hi), xp.where(at_top, xp.zeros_like(q_lo), q_lo))
+    log_q = tuple(xp.where(at_top, a, b) for a, b in zip(log_q_top, log_q_other))
+    if (not include_background) and x.shape[1] > 1:
+        log_p, log_q, y = tuple(v[:, 1:, ...] for v in log_p), tuple(v[:, 1:, ...] for v in log_q), y[:, 1:, ...]
+    log_p, log_q, yf = tuple(_flat(xp, v) for v in log_p), tuple(_flat(xp, v) for v in log_q), _flat(xp, y)
+    minus_inf = xp.full_like(yf, -math.inf)
+    log_1my = _log_dd(xp, *renormalise(xp, *two_sum(xp, xp.ones_like(yf), -yf)))
+    log_y = _log_dd(xp, yf)
+    axes = {"sample_class": (2,), "batch_class": (0, 2), "sample": (1, 2), "all": (0, 1, 2)}[conv["agg"]]
+    parts = []
+    for key, (log_a, log_b) in {"FP": (log_p, log_1my), "FN": (log_q, log_y)}.items():
+        if err_c.get(key, 0.0) > 0:
+            term = _dd_plus(xp, log_a, log_b)
+            term = tuple(xp.where(xp.isfinite(log_b[0]), v, minus_inf if k == 0 else xp.zeros_like(v)) for k, v in enumerate(term))
+            total = _lse_dd(xp, term, axes)
+            coef = _log_dd(xp, xp.full_like(total[0], err_c[key]))
+            parts.append(_dd_plus(xp, total, coef))
+    if not parts:
+        return None
+    stacked = tuple(xp.stack([part[k] for part in parts], axis=-1) for k in range(2))
+    log_err = _lse_dd(xp, stacked, (-1,))
+    log_unit = _dd_plus(xp, log_err, _dd_neg(_log_dd(xp, den)))
+    if keep is not None:
+        log_unit = tuple(xp.where(keep, v, xp.full_like(v, -math.inf) if k == 0 else xp.zeros_like(v)) for k, v in enumerate(log_unit))
+    if conv["class_mean"] and log_unit[0].ndim:
+        classes = _log_dd(xp, xp.full_like(log_unit[0][..., 0], float(log_unit[0].shape[-1])))
+        log_unit = _dd_plus(xp, _lse_dd(xp, log_unit, (-1,)), _dd_neg(classes))
+    return log_unit
+
+
+def _sigmoid_dd(xp, x):
+    """``sigmoid(x)`` and ``sigmoid(-x)`` as double-doubles: ``1 / (1 + e)`` and ``e / (1 + e)`` with ``e = exp(-|x|)``."""
+    e = _exp_dd(xp, -xp.abs(x))
+    one = _dd(xp, xp.ones_like(x))
+    one_plus = _dd_plus(xp, one, e)
+    big, small = _dd_over(xp, one, one_plus), _dd_over(xp, e, one_plus)
+    pos = x >= 0
+    return tuple(tuple(xp.where(pos, a, b) for a, b in zip(u, v)) for u, v in ((big, small), (small, big)))
+
+
+def _probabilities_dd(xp, x, activation):
+    """``(p, q, (p_scaled, unscale))`` as :func:`_softmax_dd` returns them, for each activation; ``q = 1 - p``
+    (for ``none``, exactly: ``1 - x`` by TwoSum)."""
+    if activation == "softmax":
+        return _softmax_dd(xp, x)
+    if activation == "sigmoid":
+        p, q = _sigmoid_dd(xp, x)
+    else:
+        p, q = _dd(xp, x), renormalise(xp, *two_sum(xp, xp.ones_like(x), -x))
+    return p, q, (p, xp.ones_like(x))
 
 
 def _core(xp, x, y, *, formula, conv, activation, include_background, gamma=None, w_type=None):
-    """Everything the forward and the VJP share: returns the unreduced loss and a backward function."""
+    """Everything the forward and the VJP share, in double-double: returns the unreduced loss (rounded
+    once) and a backward function of its cotangent. The derivatives are the module docstring's."""
     num_c, den_c, err_c = formula
+    p_full, q_full, p_scaled = _probabilities_dd(xp, x, activation)
+    drop = (not include_background) and x.shape[1] > 1
+    yy = y[:, 1:, ...] if drop else y
+    p = tuple(_flat(xp, v[:, 1:, ...] if drop else v) for v in p_full)
+    q = tuple(_flat(xp, v[:, 1:, ...] if drop else v) for v in q_full)
+    yf = _flat(xp, yy)
+    one_minus_y = renormalise(xp, *two_sum(xp, xp.ones_like(yf), -yf))  # exact for soft targets too
+    d = _dd_plus(xp, _dd_times(xp, p, one_minus_y), _dd_neg(_dd_scale(xp, yf, q)))  # p - y
+    terms = {
+        "I": lambda: _dd_scale(xp, yf, p), "FP": lambda: _dd_times(xp, p, one_minus_y),
+        "FN": lambda: _dd_scale(xp, yf, q), "SQ": lambda: _dd_times(xp, d, d), "P2": lambda: _dd_times(xp, p, p),
+        "G2": lambda: two_prod(xp, yf, yf), "G": lambda: _dd(xp, yf),
+    }
     names = set(num_c) | set(den_c) | set(err_c) | {"G"}
-    pf, qf, yf, p_full, q_full, drop = _setup(xp, x, y, activation, include_background)
-    sums, d = _basis(xp, pf, qf, yf, names)
-    w = None if w_type is None else _gdl_weights(xp, sums["G"], w_type)
+    sums = {k: _dd_total(xp, terms[k](), (2,)) for k in names}
+    w = None
+    if w_type is not None and w_type != "uniform":
+        # MONAI's weights 1/G^2 or 1/G, held constant; an empty class (infinite weight) takes the
+        # largest finite weight of its sample (0 when the whole sample is empty)
+        g_sum = sums["G"]
+        pos = g_sum[0] > 0
+        safe = tuple(xp.where(pos, v, xp.ones_like(v) if k == 0 else xp.zeros_like(v)) for k, v in enumerate(g_sum))
+        inv = _dd_over(xp, _dd(xp, xp.ones_like(safe[0])), safe)
+        inv = _dd_times(xp, inv, inv) if w_type == "square" else inv
+        inv = tuple(xp.where(pos, v, xp.zeros_like(v)) for v in inv)
+        big = xp.argmax(inv[0], axis=1, keepdims=True)
+        fill = tuple(take_along_axis(v, xp.squeeze(big, axis=1), axis=1, xp=xp) for v in inv)
+        w = tuple(xp.where(pos, v, xp.expand_dims(f, axis=1) * xp.ones_like(v)) for v, f in zip(inv, fill))
     agg = conv["agg"]
-    wsum = {k: (v if w is None else w * v) for k, v in sums.items()}
-    A = {k: _aggregate(xp, v, agg) for k, v in wsum.items()}
+    axes = {"sample_class": None, "batch_class": (0,), "sample": (1,), "all": (0, 1)}[agg]
+
+    def aggregate(a):
+        a = a if w is None else _dd_times(xp, w, a)
+        return a if axes is None else _dd_total(xp, a, axes)
+
+    A = {k: aggregate(v) for k, v in sums.items()}
+
+    def combine(coefs, extra):
+        out = _dd(xp, xp.full_like(A["G"][0], extra))
+        for k, c in coefs.items():
+            out = _dd_plus(xp, out, _dd_scale(xp, c, A[k]))
+        return out
+
     s_n, s_d, eps = conv["s_n"], conv["s_d"], conv["eps"]
-    num = _combine(num_c, A) + s_n
-    den = _combine(den_c, A) + s_d
-    err = _combine(err_c, A) + (s_d - s_n)
-    if eps is None:
-        unit = err / den
-        ok = None
-    else:
-        ok = den >= eps
-        unit = xp.where(ok, err / xp.where(ok, den, xp.ones_like(den)), 1 - num / eps)
-    keep = None
-    if conv["mask_empty"]:
-        keep = ~(A["G"] == 0)  # NaN masks stay NaN
-        unit = xp.where(keep, unit, xp.zeros_like(unit))
-    n_classes = unit.shape[-1] if (conv["class_mean"] and unit.ndim) else None
-    out = xp.mean(unit, axis=-1) if n_classes is not None else unit
-    base = out
+    num, den = combine(num_c, s_n), combine(den_c, s_d)
+    err = combine(err_c, 0.0)
+    err = _dd_plus(xp, err, renormalise(xp, *two_sum(xp, xp.full_like(err[0], s_d), xp.full_like(err[0], -s_n))))
+    ok = None if eps is None else den[0] >= eps
+    den1 = den if ok is None else tuple(xp.where(ok, v, xp.ones_like(v) if k == 0 else xp.zeros_like(v)) for k, v in enumerate(den))
+    unit = _dd_over(xp, err, den1)
+    if ok is not None:  # clamp_min(Den, eps): L = 1 - Num / eps
+        clamped = _dd_plus(xp, _dd(xp, xp.ones_like(num[0])), _dd_neg(_dd_over(xp, num, _dd(xp, xp.full_like(num[0], eps)))))
+        unit = tuple(xp.where(ok, a, b) for a, b in zip(unit, clamped))
+    keep = None if not conv["mask_empty"] else ~(A["G"][0] == 0)  # NaN masks stay NaN
+    if keep is not None:
+        unit = tuple(xp.where(keep, v, xp.zeros_like(v)) for v in unit)
+    class_mean = bool(conv["class_mean"] and unit[0].ndim)
+    classes = _dd(xp, xp.full_like(unit[0][..., 0], float(unit[0].shape[-1]))) if class_mean else None
+    base = _dd_over(xp, _dd_total(xp, unit, (-1,)), classes) if class_mean else unit
+    out = base[0]
     if gamma is not None:
-        positive = ~(base == 0)  # NaN propagates through the power
-        safe = xp.where(positive, base, xp.ones_like(base))
-        out = xp.where(positive, safe**gamma, xp.zeros_like(base) if gamma > 0 else xp.ones_like(base))
+        positive = ~(base[0] == 0)  # NaN propagates through the power
+        b1 = tuple(xp.where(positive, v, xp.ones_like(v) if k == 0 else xp.zeros_like(v)) for k, v in enumerate(base))
+        log_base = _log_dd(xp, *b1)
+        log_tiny = _log_tiny_base(xp, x, y, base[0], formula=formula, conv=conv, activation=activation,
+                                  include_background=include_background, den=den[0], keep=keep)
+        if log_tiny is not None:  # u below the normal range (or its sums): u^gamma = exp(gamma log u) from log u
+            tiny = base[0] < _TINY
+            positive = positive | tiny
+            log_base = tuple(xp.where(tiny, a, b) for a, b in zip(log_tiny, log_base))
+        power = _dd_scale(xp, gamma, log_base)
+        e_hi, e_lo = _exp_dd(xp, power[0])
+        out = xp.where(positive, e_hi + (e_lo + e_hi * power[1]), xp.zeros_like(out) if gamma > 0 else xp.ones_like(out))
 
-    def backward(cot):
-        # A constant cotangent (every reduction but 'none' with a random one) is factored out and applied
-        # last, so the gradient of 'mean' is the gradient of 'sum' scaled to the last ulp, although the
-        # softmax backward cancels.
-        g = cot * xp.ones_like(out)
-        flat = xp.reshape(g, (-1,))
-        if flat.shape[0] and bool(xp.all(flat == flat[0])):
-            return backward_unit(xp.ones_like(g)) * flat[0]
-        return backward_unit(g)
-
-    def backward_unit(g):
-        if gamma is not None:  # d u^gamma = gamma u^(gamma-1); 0 at the minimum u = 0 (a subgradient there)
-            g = xp.where(positive, g * gamma * safe ** (gamma - 1), xp.zeros_like(g))
-        if n_classes is not None:
-            g = xp.expand_dims(g, axis=-1) * xp.ones_like(unit) / n_classes
+    def backward(g_out):
+        g = _dd(xp, g_out * xp.ones_like(out))
+        if gamma is not None:  # d u^gamma = gamma u^(gamma - 1); 0 at the minimum u = 0 (a subgradient there)
+            t = _dd_scale(xp, gamma - 1.0, log_base)
+            live = positive & (t[0] < 700)  # u^(gamma - 1) beyond the float64 range: 0, as for an underflowed u
+            t = tuple(xp.where(live, v, xp.zeros_like(v)) for v in t)
+            e_hi, e_lo = _exp_dd(xp, t[0])
+            factor = _dd_scale(xp, gamma, renormalise(xp, e_hi, e_lo + e_hi * t[1]))
+            g = tuple(xp.where(live, v, xp.zeros_like(v)) for v in _dd_times(xp, g, factor))
+        if class_mean:
+            g = tuple(xp.expand_dims(v, axis=-1) * xp.ones_like(unit[0]) for v in _dd_over(xp, g, classes))
         if keep is not None:
-            g = xp.where(keep, g, xp.zeros_like(g))
-        # Two equal forms of dL = -(dNum - S dDen) / B = (dErr - L dDen) / B, S = 1 - L: the first has no
-        # cancellation where dNum = 0 (y = 0), the second where y = 1 (dErr <= 0 <= dDen there).
-        den_safe = den if ok is None else xp.where(ok, den, xp.ones_like(den))
-        zero = xp.zeros_like(g)
-        g_err = g / den_safe
-        g_den_l = -g * unit / den_safe
-        g_num_s = -g / den_safe
-        g_den_s = g * (num / den_safe) / den_safe
+            g = tuple(xp.where(keep, v, xp.zeros_like(v)) for v in g)
+        # dL/dErr = g / Den, dL/dDen = -g L / Den; clamped (L = 1 - Num / eps): dL/dNum = -g / eps
+        g_err = _dd_over(xp, g, den1)
+        g_den = _dd_neg(_dd_times(xp, g_err, unit))
+        zero = xp.zeros_like(g[0])
+        by_sum = [(err_c, g_err), (den_c, g_den)]
         if ok is not None:
-            g_err, g_den_l, g_num_s, g_den_s = (xp.where(ok, a, zero) for a in (g_err, g_den_l, g_num_s, g_den_s))
-            g_num_s = g_num_s + xp.where(ok, zero, -g / eps)
-        if ok is not None:  # clamped: L = 1 - Num / eps, and dNum = dDen - dErr
-            g_err = g_err + xp.where(ok, zero, g / eps)
-            g_den_l = g_den_l - xp.where(ok, zero, g / eps)
-        gl = xp.zeros_like(pf)
-        gs = xp.zeros_like(pf)
-        # |terms| of each form: per element, the form whose terms are smaller cancels less (soft
-        # targets: neither form is free of cancellation, e.g. dice's S - 2y; the smaller terms win)
-        al = xp.zeros_like(pf)
-        as_ = xp.zeros_like(pf)
-        for k, grad in _BASIS_GRAD.items():
-            if not any(k in c for c in (num_c, den_c, err_c)):
+            g_err = tuple(xp.where(ok, v, zero) for v in g_err)
+            g_den = tuple(xp.where(ok, v, zero) for v in g_den)
+            g_num = tuple(xp.where(ok, zero, v) for v in _dd_neg(_dd_over(xp, g, _dd(xp, xp.full_like(g[0], eps)))))
+            by_sum = [(err_c, g_err), (den_c, g_den), (num_c, g_num)]
+        # d(sum)/dp for each basis sum
+        basis = {"I": lambda: _dd(xp, yf), "FP": lambda: one_minus_y, "FN": lambda: _dd(xp, -yf),
+                 "SQ": lambda: _dd_scale(xp, 2.0, d), "P2": lambda: _dd_scale(xp, 2.0, p)}
+        g_p = _dd(xp, xp.zeros_like(p[0]))
+        for k, grad in basis.items():
+            if all(k not in c for c in (num_c, den_c, err_c)):
                 continue
-            dk = grad(pf, yf, d)
-            for acc, coefs in (
-                ("l", (err_c.get(k, 0.0) * g_err, den_c.get(k, 0.0) * g_den_l)),
-                ("s", (num_c.get(k, 0.0) * g_num_s, den_c.get(k, 0.0) * g_den_s)),
-            ):
-                size = 0.0
-                term = 0.0
-                for coef in coefs:
-                    gk = _aggregate_vjp(xp, coef, agg, sums["G"])
-                    if w is not None:
-                        gk = gk * w
-                    t = xp.expand_dims(gk, axis=2) * dk
-                    term = term + t
-                    size = size + xp.abs(t)
-                if acc == "l":
-                    gl, al = gl + term, al + size
-                else:
-                    gs, as_ = gs + term, as_ + size
-        g_p = xp.where(as_ <= al, gs, gl)
-        g_p = xp.reshape(g_p, p_full.shape)
+            coef = _dd(xp, zero)
+            for coefs, gk in by_sum:
+                if k in coefs:
+                    coef = _dd_plus(xp, coef, _dd_scale(xp, coefs[k], gk))
+            coef = tuple(_aggregate_vjp(xp, v, agg, sums["G"][0]) for v in coef)
+            if w is not None:
+                coef = _dd_times(xp, coef, w)
+            coef = tuple(xp.expand_dims(v, axis=2) * xp.ones_like(p[0]) for v in coef)
+            g_p = _dd_plus(xp, g_p, _dd_times(xp, coef, grad()))
+        g_p = tuple(xp.reshape(v, tuple(yy.shape)) for v in g_p)
         if drop:
-            zero = xp.zeros_like(x[:, :1, ...])
-            g_p = xp.concat([zero, g_p], axis=1)
-            p_all, q_all = _activate(xp, x, activation)
-        else:
-            p_all, q_all = p_full, q_full
-        return _activation_vjp(xp, g_p, p_all, q_all, activation)
+            zero_class = xp.zeros_like(x[:, :1, ...])
+            g_p = tuple(xp.concat([zero_class, v], axis=1) for v in g_p)
+        return _activation_vjp_dd(xp, g_p, p_full, q_full, p_scaled, activation)
 
     return out, backward
+
+
+def _activation_vjp_dd(xp, g, p, q, p_scaled, activation):
+    """The activation's backward of ``g = dL/dp`` (double-doubles), rounded once: sigmoid ``g p q``; softmax
+    ``p_c (g_c - sum_j p_j g_j)`` with the ``g`` measured from the row maximum's (a shift of every ``g``,
+    exact) and ``p`` scaled where it is below the normal range (:func:`_softmax_dd`)."""
+    if activation == "none":
+        return g[0] + g[1]
+    if activation == "sigmoid":
+        out = _dd_times(xp, _dd_times(xp, g, p), q)
+        return out[0] + out[1]
+    top = xp.argmax(p[0], axis=1, keepdims=True)
+    g_top = tuple(xp.take_along_axis(v, top, axis=1) * xp.ones_like(v) for v in g)
+    gr = _dd_plus(xp, g, _dd_neg(g_top))
+    p_sc, unscale = p_scaled
+    mean = _dd_total(xp, tuple(v * unscale for v in _dd_times(xp, p_sc, gr)), (1,))
+    mean = tuple(xp.expand_dims(v, axis=1) * xp.ones_like(gr[0]) for v in mean)
+    out = _dd_times(xp, p_sc, _dd_plus(xp, gr, _dd_neg(mean)))
+    return (out[0] + out[1]) * unscale
 
 
 # ------------------------------------------------------------------------------------------------
@@ -712,7 +873,8 @@ def _class_rows(xp, a, per_image):
 
 
 def _lovasz_softmax_parts(xp, input, target, classes, per_image, activation):
-    p, q = _activate(xp, input, activation)
+    probs = _probabilities_dd(xp, input, activation)
+    p, q = probs[0][0], probs[1][0]
     pr, qr, fg = _class_rows(xp, p, per_image), _class_rows(xp, q, per_image), _class_rows(xp, target, per_image)
     d = pr * (1 - fg) - qr * fg  # p - fg without cancellation
     comp = xp.where(fg == 1, pr, xp.where(fg == 0, qr, 1 - xp.abs(d)))  # 1 - |p - fg|, exactly at hard fg
@@ -724,7 +886,7 @@ def _lovasz_softmax_parts(xp, input, target, classes, per_image, activation):
         weight = present / xp.maximum(count, xp.ones_like(count))  # no class present: loss 0 (Berman's mean([]) = 0)
     else:
         weight = xp.ones_like(per_class) / per_class.shape[-1]
-    return p, q, d, order, g, per_class, weight
+    return probs, d, order, g, per_class, weight
 
 
 @loss(
@@ -768,7 +930,7 @@ def lovasz_softmax_loss(xp, input, target, *, classes, per_image, activation):
 
 @lovasz_softmax_loss.defvjp
 def _lovasz_softmax_vjp(xp, cot, input, target, *, classes, per_image, activation):
-    p, q, d, order, g, _, weight = _lovasz_softmax_parts(xp, input, target, classes, per_image, activation)
+    probs, d, order, g, _, weight = _lovasz_softmax_parts(xp, input, target, classes, per_image, activation)
     g_e = _unsort(xp, g * xp.expand_dims(weight, axis=-1), order)
     g_rows = xp.sign(d) * g_e
     n, k = input.shape[0], input.shape[1]
@@ -779,4 +941,4 @@ def _lovasz_softmax_vjp(xp, cot, input, target, *, classes, per_image, activatio
     # The cotangent is applied last: the softmax backward cancels, and a cotangent folded in before
     # it (1/N under 'mean') would be rounded inside that cancellation.
     cot = xp.reshape(cot, (n,) + (1,) * (input.ndim - 1)) if per_image else cot
-    return _activation_vjp(xp, g_p, p, q, activation) * cot, None
+    return _activation_vjp_dd(xp, _dd(xp, g_p), *probs, activation) * cot, None

@@ -78,6 +78,36 @@ def oracle(name: str):
 def _require():
     if mpmath is None:
         raise ImportError("refloss.mp needs mpmath: pip install 'refloss[mpmath]'")
+    _strict_interval_order()
+
+
+class UndecidableComparison(ValueError):
+    """An interval comparison whose intervals overlap: the branch cannot be decided at these digits."""
+
+
+def _strict_interval_order():
+    """Make ``<, <=, >, >=`` between overlapping intervals raise :class:`UndecidableComparison`.
+
+    mpmath 1.3 answers them ``None`` (which an ``if`` reads as False: a tie silently decided one way);
+    the oracle's branches must instead fall back to point arithmetic (:func:`_certify`), whatever the
+    installed mpmath (1.3 is what sympy, hence PyTorch, pins)."""
+    cls = type(mpmath.iv.mpf(0))
+    if getattr(cls, "_refloss_strict", False):
+        return
+    libmp = mpmath.libmp
+
+    def strict(cmpfun):
+        def compare(s, t):
+            out = s._compare(t, cmpfun)
+            if out is None:
+                raise UndecidableComparison("overlapping intervals have no order")
+            return out
+
+        return compare
+
+    cls.__lt__, cls.__le__ = strict(libmp.mpi_lt), strict(libmp.mpi_le)
+    cls.__gt__, cls.__ge__ = strict(libmp.mpi_gt), strict(libmp.mpi_ge)
+    cls._refloss_strict = True
 
 
 def load() -> dict[str, Callable]:

@@ -308,8 +308,12 @@ def lovasz_softmax_loss(M, input, target, *, classes, per_image, activation, red
             fg = [bool(v != 0) for v in y[k, cl]]
             if classes == "present" and not any(fg):
                 continue
-            errors = [qv if f else pv for f, pv, qv in zip(fg, p[k, cl], q[k, cl])]  # |fg - p|
-            complements = [pv if f else qv for f, pv, qv in zip(fg, p[k, cl], q[k, cl])]
+            if activation == "softmax":  # |fg - p| with 0 < p < 1: 1 - p (as q) or p
+                errors = [qv if f else pv for f, pv, qv in zip(fg, p[k, cl], q[k, cl])]
+                complements = [pv if f else qv for f, pv, qv in zip(fg, p[k, cl], q[k, cl])]
+            else:  # |fg - p| itself: at p = fg (hard probabilities) the loss has a kink, which 1 - p or p would hide
+                errors = [abs(yv - pv) for yv, pv in zip(y[k, cl], p[k, cl])]
+                complements = [1 - e for e in errors]
             losses.append(_lovasz_extension(M, errors, fg, complements))
         out.append(M.fsum(losses) / len(losses) if losses else M.mpf(0))
     out = np.array(out, dtype=object) if per_image else np.asarray(out[0], dtype=object)
