@@ -775,9 +775,9 @@ def _cosine_rows(rng, n, dim, tag, params, *, accept, norm, leads, edge_norms=(1
     return np.array(rows).reshape(n, dim), np.array(norms)
 
 
-def _features(frame, a, norms, tag, params):
+def _features(frame, a, norms, tag, params, zero_row=True):
     out = norms[:, None] * (a @ frame)
-    if tag == "edge" and params.get("eps") is not None and out.shape[0]:
+    if zero_row and tag == "edge" and params.get("eps") is not None and out.shape[0]:
         out[0] = 0.0
     return out
 
@@ -794,7 +794,8 @@ def _face_norm(rng):
 def subcenter_features(rng, shape, tag, dims, params):
     """Features (N, C K) for :func:`subcenter_weights`: cos(x, W_jk) is a_{jK+k}. Typically each class's
     largest sub-centre cosine is in [-0.9, 0.9], 0.05 above the second (the max's kink) and 0.05 away
-    from the ArcFace kinks (0 with easy_margin, cos(pi - m) with the insightface fallback)."""
+    from the ArcFace kinks (0 with easy_margin, cos(pi - m) with the insightface fallback). Edge rows are
+    parallel to a sub-centre; never zero (see below)."""
     c, k = dims["C"], dims["K"]
     kinks = _arc_kinks(params, params.get("margin", 0.5))
 
@@ -807,7 +808,10 @@ def subcenter_features(rng, shape, tag, dims, params):
         return _near_one(rng) + [x + s * 10.0 ** rng.uniform(-9, -4) for x in kinks for s in (-1, 1)]
 
     a, norms = _cosine_rows(rng, shape[0], c * k, tag, params, accept=accept, norm=_face_norm, leads=leads, bounded=False)
-    return _features(_frame(c * k), a, norms, tag, params)
+    # no zero row: there every sub-centre of every class ties, and a max over ties in the target and in the
+    # other classes (entering the loss with opposite signs) has no gradient, nor one bounded by the one-sided
+    # derivatives (the golden policy at a kink)
+    return _features(_frame(c * k), a, norms, tag, params, zero_row=False)
 
 
 def subcenter_weights(rng, shape, tag, dims, params):

@@ -21,22 +21,30 @@ from .losses import margin_adaptive as _adaptive
 def margin_curves(points: int = 721) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{label: (theta, target logit / scale)}`` for every margin variant at its default settings."""
     theta = np.linspace(0.0, math.pi, points)
-    c, s2 = np.cos(theta), np.sin(theta) ** 2
+    # unit features at angle theta to the one class weight (1, 0): the losses' own target geometry
+    rows = _margin._normalise_rows(anp, np.stack([np.cos(theta), np.sin(theta)], axis=1), None)
+    weight = _margin._normalise_rows(anp, np.array([[1.0, 0.0]]), None)
+    t = _margin._target_geometry(anp, rows, weight, np.zeros(points, dtype=np.int64))
+    c = t.c[0]
     d = {loss.name: loss.defaults() for loss in (_margin.cosface_loss, _margin.arcface_loss, _margin.combined_margin_loss, _margin.sphereface_loss)}
     cos_, arc, comb, sph = d["cosface_loss"], d["arcface_loss"], d["combined_margin_loss"], d["sphereface_loss"]
+
+    def target(psi):
+        return psi(anp, t, grad=False)[0][0]
+
     curves = {
-        "softmax / NormFace: cos θ": _margin._identity(anp, c, s2)[0],
+        "softmax / NormFace: cos θ": target(_margin._identity),
         # SphereFace trains at the annealing floor lambda = 5 (the ArcFace paper's curve), not at psi alone
-        f"SphereFace: (5 cos θ + ψ(θ)) / 6, m = {sph['m']}, λ = 5": (5 * c + _margin._multiplicative_psi(anp, c, sph["m"])[0]) / 6,
-        f"CosFace: cos θ − {cos_['margin']}": _margin._shift(cos_["margin"])(anp, c, s2)[0],
-        f"ArcFace (insightface): cos(θ + {arc['margin']})": _margin._arcface_psi(arc["margin"], False, "insightface", False)(anp, c, s2)[0],
-        f"ArcFace (paper): cos(θ + {arc['margin']})": _margin._arcface_psi(arc["margin"], False, "none", False)(anp, c, s2)[0],
-        "combined: cos({m1}θ + {m2}) − {m3}".format(**comb): _margin._combined_psi(comb["m1"], comb["m2"], comb["m3"])(anp, c, s2)[0],
+        f"SphereFace: (5 cos θ + ψ(θ)) / 6, m = {sph['m']}, λ = 5": (5 * c + _margin._multiplicative_psi(anp, t.c, sph["m"])[0][0]) / 6,
+        f"CosFace: cos θ − {cos_['margin']}": target(_margin._shift(cos_["margin"])),
+        f"ArcFace (insightface): cos(θ + {arc['margin']})": target(_margin._arcface_psi(arc["margin"], False, "insightface", False)),
+        f"ArcFace (paper): cos(θ + {arc['margin']})": target(_margin._arcface_psi(arc["margin"], False, "none", False)),
+        "combined: cos({m1}θ + {m2}) − {m3}".format(**comb): target(_margin._combined_psi(comb["m1"], comb["m2"], comb["m3"])),
     }
     mag = _adaptive.magface_loss.defaults()
     for end in ("l", "u"):  # MagFace's margin at the ends of its feature-norm range (easy margin)
         m = mag[f"{end}_margin"]
-        curves[f"MagFace, |x| = {mag[f'{end}_a']:g}: cos(θ + {m})"] = _margin._arc_psi(anp, c, s2, m, mag["easy_margin"], "none")[0]
+        curves[f"MagFace, |x| = {mag[f'{end}_a']:g}: cos(θ + {m})"] = _margin._arc_psi(anp, t, m, mag["easy_margin"], "none", grad=False)[0][0]
     return {label: (theta, np.asarray(v, dtype=float)) for label, v in curves.items()}
 
 

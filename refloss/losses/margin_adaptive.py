@@ -202,7 +202,9 @@ def subcenter_arcface_loss(xp, features, labels, weights, *, scale, margin, easy
     elsewhere, ``psi' = sin(theta + m) / sin(theta)`` on the margin branch, 1 on the others), routed
     through the max to the arg-max sub-centre of each class only: its row gets the section-0 chain
     rule, the other sub-centres nothing. Ties (equal sub-centre cosines as double-doubles) go to the first
-    sub-centre (``argmax``, as ``torch.max``); the max is a kink there. At ``|c| = 1`` the slope is the
+    sub-centre (``argmax``, as ``torch.max``); the max is a kink there. A zero feature row (with ``eps``)
+    ties every sub-centre of every class: the loss has no gradient there (this returns the first sub-centres'
+    chain rule), and the golden files hold no such case. At ``|c| = 1`` the slope is the
     L'Hopital value (finite, zero subgradient; the references give NaN).
 
     Shapes: ``features (N, D)``, ``labels (N,)`` in ``[0, C)``, ``weights (C, K, D)`` (row ``W_jk`` is

@@ -30,8 +30,9 @@ textbook formula (``log(1 + exp(-700))``) is detected and outrun instead of trus
 branches on an exact tie (``max(0, 0)``, equal boxes), intervals cannot decide the branch; there the
 value is computed in point arithmetic at 200 digits (every loss is continuous across its ties,
 except where its docstring says otherwise). Gradients are one-sided divided differences of that
-certified evaluation with a step of 2^-100 relative to the element (``mpmath.diff``'s one-sided
-rule with an explicit step; truncation error ~1e-30 relative): where the left and right
+certified evaluation with a step of 2^-100 relative to the element (2^-100 times the input's largest
+entry, at most 2^-100 absolute, for a zero element; ``mpmath.diff``'s one-sided rule with an explicit
+step; truncation error ~1e-30 relative): where the left and right
 derivatives differ the point is a kink, and both are reported.
 """
 
@@ -353,7 +354,9 @@ def gradient(name: str, inputs, params: dict, cotangent, which, *, stop_gradient
                 found = {}
                 for idx in pending:
                     xi = float(x[idx])
-                    h = M.mpf(_STEP) * (abs(xi) if xi != 0 else (scale or 1.0))
+                    # relative to the element; a zero element steps by its input's scale, but never more
+                    # than 2^-100 absolute: a clamp such as max(|v|, eps) around a zero row stays unleft
+                    h = M.mpf(_STEP) * (abs(xi) if xi != 0 else (min(scale, 1.0) or 1.0))
                     args = list(const)
                     args[k] = const[k].copy()
                     args[k][idx] = M.mpf(xi) - h
