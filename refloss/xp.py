@@ -169,6 +169,26 @@ def softmax_complement(x, /, *, axis=-1, lo=None, xp=None):
     return xp.where(finite, (rest - em1) / (1 + rest), xp.full_like(em1, math.nan))
 
 
+def saturated_softmax(xp, x, axis):
+    """``(rows, p)``: ``rows`` (``axis`` kept) marks the rows whose maximum is ``+inf`` (and hold no NaN),
+    and ``p`` is the limit of ``softmax(x)`` there: 1 at a sole ``+inf``, 0 at every lower score, NaN at
+    ``+inf`` scores that tie.
+
+    The rule for infinite scores (:func:`softmax` gives NaN in these rows): an infinite
+    score stands for a score growing without bound, at any rate, the finite ones held; the result is
+    the limit where it does not depend on the rates, NaN where it does. A sole ``+inf`` takes all the
+    mass whatever the rest (``e^(z_i - z_j) -> 0``); the split between two ``+inf`` scores is
+    ``e^(z_i - z_j)`` with ``z_i - z_j`` any real (``inf - inf``). Rows of finite maximum (``-inf``
+    entries included) are the plain softmax; a row of ``-inf`` alone is NaN (every ratio is
+    ``inf - inf``).
+    """
+    top = x == math.inf
+    count = xp.sum(xp.astype(top, x.dtype), axis=axis, keepdims=True)
+    rows = (count > 0) & ~xp.any(xp.isnan(x), axis=axis, keepdims=True)
+    one = xp.where(count == 1, xp.ones_like(x), xp.full_like(x, math.nan))
+    return rows, xp.where(top, one, xp.zeros_like(x))
+
+
 def softplus(x, /, *, xp=None):
     """``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``: no overflow, full precision in both tails,
     and NaN passes through without a floating-point warning."""

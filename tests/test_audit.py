@@ -189,15 +189,7 @@ def test_judge_names_what_is_wrong(how, dtype, part, verdict):
 CLEAN = [
     "cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "mse_loss", "gaussian_nll_loss",
     "poisson_nll_loss", "triplet_margin_loss", "arcface_loss", "dice_loss",
-    pytest.param("giou_loss", marks=pytest.mark.xfail(
-        strict=True, reason="refloss giou_loss gradient is 12 ULP off at box offset 64 (far-apart boxes; "
-                            "mp.certify agrees): reported, to be fixed in refloss.losses.box")),
-    # At infinite logits these return NaN where the limit the logits approach is finite (0): the
-    # issue asks for no NaN where the mathematical value is finite. Reported with the inputs.
-    pytest.param("softplus_logsumexp_loss", marks=pytest.mark.xfail(
-        strict=True, reason="refloss NaN at target margin = inf (limit 0): reported")),
-    pytest.param("logsumexp_hinge_loss", marks=pytest.mark.xfail(
-        strict=True, reason="refloss NaN at logit scale = inf (limit 0): reported")),
+    "giou_loss", "softplus_logsumexp_loss", "logsumexp_hinge_loss", "lovasz_softmax_loss",
 ]
 
 

@@ -1,6 +1,7 @@
 """Classification losses at points whose values were established outside refloss: PyTorch, optax and
 Keras outputs recorded in the project's reference notes (frameworks.md), and closed forms by hand."""
 
+import itertools
 import math
 
 import numpy as np
@@ -197,3 +198,81 @@ def test_jensen_shannon_gradient_where_both_probabilities_vanish():
     q = np.array([[0.25, 0.75, 0.0]])
     _, (dp, dq) = refloss.value_and_grad(refloss.jensen_shannon_divergence, p, q, reduction="sum")
     assert dp[0, 2] == dq[0, 2] == math.log(2) / 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Infinite scores: the limit as each infinite score grows at its own rate, NaN where the limit depends
+# on the rates (refloss.losses.classification._saturated_softmax). Worked by hand: both losses turn on
+# z_i - z_y; softmax(1, 2) = (sigmoid(-1), sigmoid(1)) for the two finite scores of the fourth row.
+
+_INF, _NAN = math.inf, math.nan
+_S1, _S2 = 1 / (1 + math.e), math.e / (1 + math.e)
+# (scores, target, value, gradient) for softplus_logsumexp_loss (cross-entropy), then logsumexp_hinge_loss
+# (margin 0) where it differs: the hinge is 0 where cross-entropy is, and where its argument
+# LSE_{i != y} z_i - z_y has no limit its gradient is NaN throughout the row.
+_INFINITE_ROWS = [
+    ([-_INF, _INF, -_INF], 1, 0.0, [0, 0, 0], None),  # a sole +inf target: every e^(z_i - z_y) -> 0
+    ([1.0, _INF, -2.0], 1, 0.0, [0, 0, 0], None),
+    ([_INF, 0.0, 1.0], 1, _INF, [1, -1, 0], None),  # a sole +inf elsewhere takes all the mass
+    ([1.0, -_INF, 2.0], 1, _INF, [_S1, -1, _S2], None),  # z_y = -inf: the others share as softmax(1, 2)
+    ([1.0, -_INF, _INF], 1, _INF, [0, -1, 1], None),
+    ([_INF, 0.0, _INF], 1, _INF, [_NAN, -1, _NAN], None),  # the loss grows either way; the split does not settle
+    ([_INF, _INF, 0.0], 1, _NAN, [_NAN, _NAN, 0], (_NAN, [_NAN] * 3)),  # z_0 - z_1 = inf - inf
+    ([-_INF, -_INF, -_INF], 1, _NAN, [_NAN] * 3, (_NAN, [_NAN] * 3)),
+    ([-_INF, 3.0, -_INF], 1, 0.0, [0, 0, 0], None),  # finite maximum: the ordinary path (hinge: u = -inf)
+]
+
+
+def _paths(scores, far=1e3):
+    """The scores with each infinity replaced by +-far times a rate: every rate 1, then every ordering
+    of the rates 1, 2, 3 among the infinite entries (rates past where exp under/overflows float64)."""
+    scores = np.asarray(scores)
+    where = np.flatnonzero(np.isinf(scores))
+    rates = [np.ones(len(where))] + [np.array(p, dtype=float) + 1 for p in itertools.permutations(range(len(where)))]
+    for r in rates:
+        z = scores.copy()
+        z[where] = np.sign(scores[where]) * far * r
+        yield z
+
+
+@pytest.mark.parametrize("name", ["softplus_logsumexp_loss", "logsumexp_hinge_loss"])
+@pytest.mark.parametrize("row", _INFINITE_ROWS, ids=[str(r[:2]) for r in _INFINITE_ROWS])
+def test_infinite_scores_give_the_limit_or_nan(name, row):
+    scores, target, value, grad, hinge = row
+    if name == "logsumexp_hinge_loss" and hinge is not None:
+        value, grad = hinge
+    if name == "logsumexp_hinge_loss" and value == 0:
+        grad = [0, 0, 0]
+    loss = refloss.get(name)
+    params = {"margin": 0.0} if name == "logsumexp_hinge_loss" else {}
+    x, y = np.array([scores]), np.array([target])
+    got, (g, _) = refloss.value_and_grad(loss, x, y, reduction="sum", **params)
+    np.testing.assert_array_equal(got, value)  # NaN where NaN, exact 0 and inf
+    np.testing.assert_allclose(g[0], grad, rtol=1e-15, atol=0)
+    # The hand-worked limits against the certified finite path: along every rate the value and each
+    # gradient entry approach them (+inf: grows past the far stand-in); NaN: the rates disagree.
+    along = [refloss.value_and_grad(loss, z[None], y, reduction="sum", **params) for z in _paths(scores)]
+    values = np.array([float(v) for v, _ in along])
+    grads = np.array([gz[0] for _, (gz, _) in along])
+    # (The hinge's NaN row is a choice where its value has no limit: [u > 0] q_2 -> 0 at the finite score.)
+    entries = [] if math.isnan(value) and hinge is not None else [(grad[k], grads[:, k]) for k in range(3)]
+    for limit, seen in [(value, values)] + entries:
+        if math.isnan(limit):
+            assert np.ptp(seen) > 0.5, seen
+        elif math.isinf(limit):
+            assert np.all(seen > 500), seen
+        else:
+            np.testing.assert_allclose(seen, limit, rtol=1e-15, atol=1e-300)
+
+
+def test_additive_margin_softplus_at_infinite_scores():
+    # s (softmax(z') - onehot) with z' = s z - s m onehot(y): the same limits as cross-entropy, times s
+    s, m = 30.0, 0.35
+    x = np.array([[1.0, _INF, -2.0], [_INF, 0.0, 1.0], [1.0, -_INF, 2.0], [_INF, _INF, 0.0]])
+    y = np.array([1, 1, 1, 1])
+    value = refloss.additive_margin_softplus_loss(x, y, scale=s, margin=m, reduction="none")
+    np.testing.assert_array_equal(value, [0.0, _INF, _INF, _NAN])
+    _, (g, _) = refloss.value_and_grad(refloss.additive_margin_softplus_loss, x, y, scale=s, margin=m, reduction="none")
+    e = math.exp(-s)  # softmax(s, 2 s) over the two finite non-target scores
+    np.testing.assert_allclose(g[:3], [[0, 0, 0], [s, -s, 0], [s * e / (1 + e), -s, s / (1 + e)]], rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(g[3], [_NAN, _NAN, 0.0])

@@ -131,3 +131,26 @@ def test_identical_boxes_are_a_kink():
     cert = rmp.certify(refloss.giou_loss, [b, b.copy()], {**refloss.giou_loss.defaults(), "reduction": "sum"})
     assert cert.kinks["pred"] and cert.worst() <= ULP
     assert math.isclose(float(cert.exact_value[()]), 1e-7 / (6 + 1e-7), rel_tol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------------
+# GIoU's penalty pen = (C - U) / C: its derivative (U dC - C dU) / C^2 cancels for far-apart boxes
+# (pen -> 1; the audit's "box offset 64" point, 12 ULP when formed as (dC - dU) / C - pen dC / C) and
+# for nested ones (dC = dU; under ultralytics' h + eps areas the whole derivative is O(eps / C), which
+# the reverse-mode sum missed by 10^7 ULP).
+
+_SQUARES = np.array([[-2.0, -2.0, 2.0, 2.0], [-2.0, -4.0, 2.0, 4.0], [-4.0, -4.0, 4.0, 4.0]])
+_DIAGONALS = np.array([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])
+
+
+@pytest.mark.parametrize("convention", refloss.giou_loss.param("convention").choices)
+@pytest.mark.parametrize("where", ["far", "nested"])
+def test_giou_gradient_far_apart_and_nested(convention, where):
+    t = _SQUARES
+    if where == "far":  # the target moved 64 of its sizes along a diagonal
+        step = 64.0 * _DIAGONALS * (t[:, 2:] - t[:, :2])
+        p = t + np.concatenate([step, step], axis=1)
+    else:  # a 2^-24 copy at the target's centre
+        p = t * 2.0**-24
+    cert = rmp.certify(refloss.giou_loss, [p, t], {**refloss.giou_loss.defaults(), "convention": convention, "reduction": "sum"})
+    assert cert.worst() <= ULP, (convention, where, cert.value_ulp, cert.grad_ulp)

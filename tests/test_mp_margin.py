@@ -13,7 +13,7 @@ import pytest
 import refloss
 import refloss.mp as rmp
 
-from certification import check_certified, paths
+from certification import BOUND, check_certified, paths
 
 MARGIN = sorted((l for l in refloss.catalog() if l.family == "margin"), key=lambda l: l.name)
 
@@ -145,3 +145,20 @@ KNOWN: dict = {}
 @pytest.mark.parametrize("loss, params", paths(MARGIN, REDUCTIONS))
 def test_refloss_is_certified_by_the_oracle(loss, params):
     check_certified(loss, params, CASES_PER_PATH, KNOWN)
+
+
+def test_curricularface_cancelling_row_is_certified():
+    # A feature of norm 1e-95 nearly antiparallel to its class (c_y = -0.99999998, the fallback branch) and
+    # two hard negatives with |c| ~ 1e-4 whose gradient s (t + 2c) is c's own value: the row's terms (~1e92)
+    # cancel to ~1e86. One-slice norms of the unit rows (radial error ~2^-78) put 100 ULP on dL/dx,
+    # one-slice cosines (~2^-80) 29, the two 163 (refloss.losses.margin: _normalise_rows, _cosines).
+    x = np.array([[1.687365697403215e-95, -9.38422159013865e-96, -7.637025693436165e-96]])
+    w = np.array([
+        [1.6914635941970344e75, -6.72345201919095e74, 4.5625016298789635e75],
+        [-2.6587741258831387e-24, 1.4793119337107504e-24, 1.203687881212252e-24],
+        [-9.141628102322108e-95, -1.71335064156491e-94, 8.642408520650268e-96],
+    ])
+    loss = refloss.get("curricularface_loss")
+    cert = rmp.certify(loss, [x, np.array([1]), w], {**loss.defaults(), "reduction": "sum"}, None)
+    errors = {"value": cert.value_ulp, **cert.grad_ulp}
+    assert max(errors.values()) <= BOUND, errors

@@ -328,3 +328,26 @@ def test_every_overlap_loss_accepts_both_target_kinds():
         b, (gb, _) = l.value_and_grad(X, LAB)
         assert a == b, l.name
         np.testing.assert_array_equal(ga, gb)
+
+
+def test_lovasz_softmax_at_infinite_logits():
+    # A pixel's probabilities are the softmax's limit (refloss.losses.classification._saturated_softmax):
+    # a sole +inf class takes probability 1, so pushed all the way toward the target the errors vanish
+    # (loss 0) and away from it they are all 1 (loss 1, each class's Jaccard loss of a wholly wrong
+    # mask); either way the softmax saturates and the gradient is 0. Tied +inf classes: no limit.
+    inf = math.inf
+    y = np.array([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]])  # (N, C, pixels), one-hot over C
+    right = np.where(y == 1, inf, -inf)
+    for x, value in [(right, 0.0), (-right, 1.0)]:
+        got, (g, _) = refloss.value_and_grad(refloss.lovasz_softmax_loss, x, y)
+        assert got == value
+        np.testing.assert_array_equal(g, np.zeros_like(x))
+        # and so do finite logits far along every rate (e^-1000 underflows float64)
+        for rates in (np.ones_like(x), 1 + np.arange(x.size).reshape(x.shape) % 3):
+            far, (g_far, _) = refloss.value_and_grad(refloss.lovasz_softmax_loss, np.sign(x) * 1e3 * rates, y)
+            assert far == value
+            np.testing.assert_array_equal(g_far, np.zeros_like(x))
+    tied = right.copy()
+    tied[0, :, 1] = inf
+    got, (g, _) = refloss.value_and_grad(refloss.lovasz_softmax_loss, tied, y)
+    assert math.isnan(got) and np.isnan(g[0, :, 1]).all()

@@ -234,26 +234,31 @@ _FAR = (2.0**10, 2.0**11)
 def _limit_agrees(loss, point, value64, to64) -> bool:
     """Whether the oracle's value at an infinite input is the limit that input approaches.
 
-    The oracle is evaluated again with each infinity replaced by ``+-2^10`` and by ``+-2^11``: an
-    element equal in both (rounded to float64) has that limit; one growing in magnitude with a fixed
-    sign has the infinity of that sign; anything else has no limit the stand-ins can tell. A textbook
-    formula meets ``inf - inf`` where the limit has a value (a hinge of two infinite scores) and its
-    max or comparison then settles it arbitrarily: the stand-ins show it.
+    The oracle is evaluated again with each infinity replaced by ``+-2^10``, by ``+-2^11`` and by
+    unequal stand-ins (``+-2^10`` and ``+-1.5 2^10`` alternating over the flat index: infinities
+    approached at different rates): an element equal in all three (rounded to float64) has that limit;
+    one growing in magnitude with a fixed sign has the infinity of that sign; anything else has no
+    limit the stand-ins can tell. A textbook formula meets ``inf - inf`` where the limit has no value
+    (a hinge of two infinite scores depends on their rates) and its max or comparison then settles it
+    arbitrarily: the unequal stand-ins show it.
     """
     from .. import mp
 
+    def rates(a, far):  # 1 everywhere, or 1 and 1.5 alternating over the flat index
+        return far if np.ndim(far) == 0 else np.reshape(np.resize(far, a.size), a.shape)
+
     near = []
-    for far in _FAR:
-        inputs = [np.where(np.isinf(a), np.sign(a) * far, a) if a.dtype.kind == "f" else a for a in point.inputs]
+    for far in (*_FAR, np.array([1.0, 1.5]) * _FAR[0]):
+        inputs = [np.where(np.isinf(a), np.sign(a) * rates(a, far), a) if a.dtype.kind == "f" else a for a in point.inputs]
         try:
             v, _ = mp.evaluate(loss.name, inputs, point.params)
         except Exception:  # noqa: BLE001 - no value near the infinite point: no limit to trust
             return False
         near.append(np.ravel(to64(v)) if v.size else np.zeros(0))
-    a, b = near
+    a, b, c = near
     with np.errstate(invalid="ignore"):
-        growing = (np.sign(a) == np.sign(b)) & (np.abs(b) > np.abs(a))
-        limit = np.where(a == b, a, np.where(growing, np.sign(b) * np.inf, np.nan))
+        growing = (np.sign(a) == np.sign(b)) & (np.sign(a) == np.sign(c)) & (np.abs(b) > np.abs(a))
+        limit = np.where((a == b) & (a == c), a, np.where(growing, np.sign(b) * np.inf, np.nan))
     return bool(np.array_equal(limit, np.ravel(value64)))
 
 

@@ -22,7 +22,8 @@ X2, Y2)`` of the target:
 
 **Gradient.** The VJP is reverse-mode through that graph, written by hand in :func:`_backward`:
 ``dIoU = dI / Ud - IoU dUd / Ud``; ``dU = dA + dAg - dI``; ``dA = (-h, -w, h, w)`` on ``(x1, y1, x2,
-y2)``; ``dI/diw = ih`` (and ``iw`` for ``ih``); ``d (C - U) / C = (dC - dU) / C - (C - U) dC / C^2``;
+y2)``; ``dI/diw = ih`` (and ``iw`` for ``ih``); ``d (C - U) / C = (U dC - C dU) / C^2``, its numerator per
+coordinate in double-double (:func:`_giou_pen_grads`: it cancels for far-apart and for nested boxes);
 ``d (rho2 / c2) = drho2 / c2 - rho2 dc2 / c2^2`` with ``drho2 / dx1 = -(X1 + X2 - x1 - x2) / 2`` and
 ``dc2 = 2 cw dcw + 2 ch dch``; ``d atan2(w, h) = (h dw - w dh) / (w^2 + h^2)``, so ``dv / dw = -(8 /
 pi^2) D h / (w^2 + h^2)``, ``dv / dh = (8 / pi^2) D w / (w^2 + h^2)`` with ``D = atan2(W, H) -
@@ -269,24 +270,26 @@ def _geometry(xp, pred, target, kind, convention, fmt):
     hd, Hd = dd.sub(y2, y1), dd.sub(Y2, Y1)
     if cfg["h_eps"] == "area":
         hd, Hd = dd.add(hd, dd.const(eps, h)), dd.add(Hd, dd.const(eps, h))
-    Ad, Agd = dd.mul(dd.sub(x2, x1), hd), dd.mul(dd.sub(X2, X1), Hd)
-    Id = dd.where(m, dd.mul(dd.sub(xp.minimum(x2, X2), xp.maximum(x1, X1)), dd.sub(xp.minimum(y2, Y2), xp.maximum(y1, Y1))), zero)
+    wd, Wd = dd.sub(x2, x1), dd.sub(X2, X1)
+    iwd, ihd = dd.sub(xp.minimum(x2, X2), xp.maximum(x1, X1)), dd.sub(xp.minimum(y2, Y2), xp.maximum(y1, Y1))
+    Ad, Agd = dd.mul(wd, hd), dd.mul(Wd, Hd)
+    Id = dd.where(m, dd.mul(iwd, ihd), zero)
     Uds = dd.add(dd.add(Ad, Agd), dd.neg(Id))  # U
     I, U = Id[0], Uds[0]
     umi = dd.add(dd.add(Ad, Agd), dd.scale(Id, -2.0))  # U - I
     umode = _union_mode(convention, kind)
     if umode == "add":
-        Ud = dd.add(Uds, dd.const(eps, U))[0]
+        Udd = dd.add(Uds, dd.const(eps, U))
         ud_minus_i = dd.add(umi, dd.const(eps, U))[0]
     elif umode == "max":
-        Ud = xp.maximum(U, xp.full_like(U, eps))
+        Udd = dd.where(~(U < eps), Uds, xp.full_like(U, eps))  # max(U, eps), NaN passing through
         ud_minus_i = xp.where(U >= eps, umi[0], eps - I)
     else:
-        Ud, ud_minus_i = U, umi[0]
+        Udd, ud_minus_i = Uds, umi[0]
+    Ud = Udd[0]
     iou = I / _safe(xp, Ud)
     omi = ud_minus_i / _safe(xp, Ud)  # 1 - IoU without cancellation (exactly 0 for identical boxes)
-    g["U_dd"] = Uds
-    g["dd"] = dd
+    g.update(dd=dd, U_dd=Uds, Ud_dd=Udd, sides_dd=(wd, hd, Wd, Hd), inter_dd=(iwd, ihd))
     g.update(iw=iw, ih=ih, I=I, U=U, Ud=Ud, umode=umode, iou=iou, omi=omi)
     if kind == "iou":
         return g
@@ -294,7 +297,8 @@ def _geometry(xp, pred, target, kind, convention, fmt):
     ch = xp.maximum(y2, Y2) - xp.minimum(y1, Y1)
     g.update(cw=cw, ch=ch)
     if kind == "giou":
-        Cdd = dd.mul(dd.sub(xp.maximum(x2, X2), xp.minimum(x1, X1)), dd.sub(xp.maximum(y2, Y2), xp.minimum(y1, Y1)))
+        cwd, chd = dd.sub(xp.maximum(x2, X2), xp.minimum(x1, X1)), dd.sub(xp.maximum(y2, Y2), xp.minimum(y1, Y1))
+        Cdd = dd.mul(cwd, chd)
         C = Cdd[0]
         if convention in ("torchvision", "detectron2"):
             Cn, Un, Cd = C, U, C + eps  # (C - U) / (C + eps): the raw union on top
@@ -312,7 +316,13 @@ def _geometry(xp, pred, target, kind, convention, fmt):
         if convention == "mmdet":
             cmu = xp.where(U >= eps, cmu, Cn - Un)
         pen = cmu / _safe(xp, Cd)
-        g.update(C=C, Cd=Cd, pen=pen)
+        if convention == "mmdet":
+            Cdd_d = dd.where(~(C < eps), Cdd, xp.full_like(C, eps))
+        elif convention == "paper":
+            Cdd_d = Cdd
+        else:
+            Cdd_d = dd.add(Cdd, dd.const(eps, C))
+        g.update(C=C, Cd=Cd, pen=pen, Cd_dd=Cdd_d, enclosing_dd=(cwd, chd))
         return g
     # centre distance (the same number in every implementation): as differences of corresponding
     # coordinates, so that boxes far from the origin do not round the sums x1 + x2 at their offset
@@ -398,21 +408,8 @@ def _backward(xp, cot, g, mode, fmt, alpha_gradient="detached"):
     c_iou = g_iou
     g_I = g_Ud = zero
     if kind == "giou":
-        Cd = _safe(xp, g["Cd"])
-        g_Cn = g_pen / Cd
-        g_Un = -g_pen / Cd
-        g_Cd = -g_pen * g["pen"] / Cd
-        conv = _convention_of(cfg)
-        if conv in ("torchvision", "detectron2", "paper"):
-            g_C = g_Cn + g_Cd
-            g_U = g_U + g_Un
-        else:
-            g_C = g_Cn + g_Cd
-            if conv == "mmdet":
-                g_C = g_C * _max_split(xp, g["C"], xp.full_like(g["C"], eps))
-            g_Ud = g_Ud + g_Un
-        g_cw = g_cw + g_C * g["ch"]
-        g_ch = g_ch + g_C * g["cw"]
+        for k, d in _giou_pen_grads(xp, g).items():
+            G[k] = G[k] + g_pen * d
     elif kind in ("diou", "ciou"):
         c2 = _safe(xp, g["c2"])
         g_rho2 = g_pen / c2
@@ -479,6 +476,49 @@ def _backward(xp, cot, g, mode, fmt, alpha_gradient="detached"):
     return gp * scale, gt * scale
 
 
+def _giou_pen_grads(xp, g):
+    """``dpen / d`` each corner coordinate for GIoU's ``pen = (Cn - Un) / Cd``, in closed form.
+
+    ``Cn`` and ``Cd`` both move with ``C`` and ``Un`` with ``U``, and ``Cd - (Cn - Un) = Ud`` in every
+    convention (``C + eps - (C - U) = U + eps``; mmdet ``max(U, eps)``; ultralytics ``(C + eps) - (C +
+    eps - (U + eps))``; paper ``U``), so ``dpen = (Ud dC - Cd dU) / Cd^2`` (times the ``max`` shares
+    of mmdet). The two terms cancel twice over: far-apart boxes have ``pen -> 1`` (the reverse-mode
+    ``(dC - dU) / Cd - pen dC / Cd`` loses the digits of ``pen``) and nested boxes ``dC = dU`` up to
+    eps (ultralytics' ``h + eps`` areas make the whole derivative ``O(eps / C)``). So the numerator is
+    formed per coordinate in double-double from exact sides: ``dC/dx2 = e ch``, ``dU/dx2 = ha - s k``
+    (``e``, ``s`` the shares of ``x2`` in ``max(x2, X2)`` and ``min(x2, X2)``, ``k`` the intersection's
+    other side where it counts, as in :func:`_iou_grads`); ``x1`` mirrors ``x2``, the target takes
+    ``1 - e`` and ``1 - s``."""
+    dd, cfg, eps, U, C = g["dd"], g["cfg"], g["eps"], g["U"], g["C"]
+    Ud, Cd = g["Ud_dd"], g["Cd_dd"]
+    Cdf = _safe(xp, g["Cd"])
+    su = _max_split(xp, U, xp.full_like(U, eps)) if g["umode"] == "max" else xp.ones_like(U)
+    sc = _max_split(xp, C, xp.full_like(C, eps)) if cfg is _PRESETS["mmdet"] else xp.ones_like(C)
+    wd, hd, Wd, Hd = g["sides_dd"]
+    iwd, ihd = g["inter_dd"]
+    cwd, chd = g["enclosing_dd"]
+    iw, ih = g["iw"], g["ih"]
+    zero = xp.zeros_like(iw)
+    if cfg["inter"] == "strict":
+        m = (iw > 0) & (ih > 0)
+        m_x = m_y = m
+    else:  # clamp(min=0) passes at iw == 0 (the factor max(ih, 0) is then what counts)
+        m_x, m_y = (iw >= 0) & (ih > 0), (ih >= 0) & (iw > 0)
+    k_x, k_y = dd.where(m_x, ihd, zero), dd.where(m_y, iwd, zero)
+    out = {}
+    for lo, hi, LO, HI, ext, a_p, a_t, k in (("x1", "x2", "X1", "X2", chd, hd, Hd, k_x), ("y1", "y2", "Y1", "Y2", cwd, wd, Wd, k_y)):
+        a1, a2, b1, b2 = g[lo], g[hi], g[LO], g[HI]
+        s_lo = _max_split(xp, a1, b1)  # share of x1 in max(x1, X1)
+        s_hi = _max_split(xp, b2, a2)  # share of x2 in min(x2, X2)
+        e_lo = _max_split(xp, b1, a1)  # share of x1 in min(x1, X1)
+        e_hi = _max_split(xp, a2, b2)  # share of x2 in max(x2, X2)
+        for name, sign, e, area, s in ((lo, -1.0, e_lo, a_p, s_lo), (hi, 1.0, e_hi, a_p, s_hi), (LO, -1.0, 1 - e_lo, a_t, 1 - s_lo), (HI, 1.0, 1 - e_hi, a_t, 1 - s_hi)):
+            dU = dd.add(area, dd.scale(k, -s))
+            num = dd.add(dd.mul(Ud, dd.scale(ext, sc * e)), dd.neg(dd.mul(Cd, dd.scale(dU, su))))
+            out[name] = sign * (num[0] / Cdf) / Cdf
+    return out
+
+
 def _iou_grads(xp, g):
     """``dIoU / d`` each corner coordinate, in closed form without cancellation.
 
@@ -522,10 +562,6 @@ def _iou_grads(xp, g):
         out[LO] = (c * (Et + s_lo * k) - (1 - s_lo) * k) / Ud
         out[HI] = -(c * (Et + s_hi * k) - (1 - s_hi) * k) / Ud
     return out
-
-
-def _convention_of(cfg):
-    return next(k for k, v in _PRESETS.items() if v is cfg)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -680,8 +716,10 @@ def giou_loss(xp, pred, target, *, convention, box_format):
     and ``max(U, eps)``; ultralytics: ``(C + eps - (U + eps)) / (C + eps)``; paper: exact.
     Identical ``[0, 0, 0, 0]`` boxes give 1 under torchvision (vision#7746) and an error under paper.
 
-    Gradient: ``-dIoU + (dC - dU) / C - (C - U) dC / C^2`` (eps placed as in the value),
-    ``dC = ch dcw + cw dch``. Shapes: ``(N, 4)`` -> ``(N,)``.
+    Gradient: ``-dIoU + (Ud dC - Cd dU) / Cd^2`` (``Cd`` the denominator and ``Ud = Cd - (Cn - Un)``, the
+    IoU denominator, in every convention), ``dC = ch dcw + cw dch``; the numerator is formed per
+    coordinate in double-double, since it cancels both for far-apart boxes (``(C - U) / C -> 1``) and
+    for nested ones (``dC = dU``). Shapes: ``(N, 4)`` -> ``(N,)``.
     """
     return _value(xp, _geometry(xp, pred, target, "giou", convention, box_format))
 

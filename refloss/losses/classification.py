@@ -17,6 +17,7 @@ from .. import domains as D
 from ..loss import SAMPLE, Input, Param, loss
 from .distribution import smooth_labels
 from ..xp import (
+    saturated_softmax,
     is_floating,
     log1m,
     log_softmax,
@@ -911,10 +912,32 @@ def _lse_hinge_parts(xp, logits, target, margin):
 
     Taken over the differences ``z_i - z_y`` (exact where they are small), not as ``LSE(z_i) - z_y``,
     which cancels where the hinge is near its corner (``LSE(1e4, 1e4) - 1e4`` keeps 4 digits of ``log 2``).
+    In the rows of :func:`_infinite_margin_rows` ``u`` is ``+-inf`` or undefined, and taken as
+    ``LSE_{i != y}(z_i) - z_y + m`` on the scores themselves (NaN where both terms are infinities of
+    one sign), ``q`` as the softmax of the non-target scores by :func:`refloss.xp.saturated_softmax`'s rule.
     """
-    v, lo, hot = _relative_scores(xp, logits, target, 1.0, margin)
+    limit = _infinite_margin_rows(xp, logits, target)
+    v, lo, hot = _relative_scores(xp, xp.where(limit, xp.zeros_like(logits), logits), target, 1.0, margin)
     v = xp.where(hot, -math.inf, v)
-    return logsumexp(v, axis=1, lo=lo, xp=xp), softmax(v, axis=1, lo=lo, xp=xp), xp.astype(hot, logits.dtype)
+    u, q = logsumexp(v, axis=1, lo=lo, xp=xp), softmax(v, axis=1, lo=lo, xp=xp)
+    _, others = _others(xp, logits, target)
+    lse, z_y = logsumexp(others, axis=1, xp=xp), _target_score(xp, logits, target)
+    tied = (lse == z_y) & xp.isinf(z_y)  # inf - inf: u takes every value as the scores grow
+    zero = xp.zeros_like(z_y)
+    u_limit = xp.where(tied, xp.full_like(z_y, math.nan), (xp.where(tied, zero, lse) - xp.where(tied, zero, z_y)) + margin)
+    rows, q_top = saturated_softmax(xp, others, 1)
+    q_limit = xp.where(rows, q_top, softmax(others, axis=1, xp=xp))
+    u = xp.where(xp.squeeze(limit, axis=1), u_limit, u)
+    return u, xp.where(limit, q_limit, q), xp.astype(hot, logits.dtype)
+
+
+def _infinite_margin_rows(xp, logits, target):
+    """Rows (``(N, 1)``) where a target-relative score ``z_i - z_y`` meets an infinity: ``z_y`` not
+    finite, or another score ``+inf``. Elsewhere every ``z_i - z_y`` is finite or ``-inf``; there the
+    margin losses below take their value from the scores themselves, as the limit of
+    :func:`refloss.xp.saturated_softmax`'s rule (no ``inf - inf`` is formed)."""
+    z_y = _target_score(xp, logits, target)
+    return _expand(xp, ~xp.isfinite(z_y)) | xp.any(logits == math.inf, axis=1, keepdims=True)
 
 
 def _relative_scores(xp, logits, target, scale, margin):
@@ -937,26 +960,37 @@ def _margin_logits(xp, logits, target, scale, margin):
     ``z' = z`` at ``s = 1, m = 0`` (plain cross-entropy); otherwise the target-relative
     ``z'_i = s (z_i - z_y + m)`` (:func:`_relative_scores`) and ``z'_y = 0``, exact where scores tie
     (``s (z_y - m)`` would round at the scale of ``z_y``: at ``z = 1e4`` that leaves 4 digits of the loss).
+    In the rows of :func:`_infinite_margin_rows`, where the loss is 0, ``+inf`` or undefined, the
+    absolute ``z' = s z - s m onehot(y)`` (same softmax, and ``s > 0`` forms no ``inf - inf``).
     """
     if scale == 1 and margin == 0:
         return logits, None, one_hot(target, logits.shape[1], axis=1, xp=xp)
-    relative, lo, hot = _relative_scores(xp, logits, target, scale, margin)
+    limit = _infinite_margin_rows(xp, logits, target)
+    relative, lo, hot = _relative_scores(xp, xp.where(limit, xp.zeros_like(logits), logits), target, scale, margin)
+    absolute, absolute_lo = two_prod(xp, xp.full_like(logits, scale), logits)
+    absolute = absolute - (scale * margin) * xp.astype(hot, logits.dtype)
     zero = xp.zeros_like(relative)
-    return xp.where(hot, zero, relative), xp.where(hot, zero, lo), hot
+    return (xp.where(limit, absolute, xp.where(hot, zero, relative)),
+            xp.where(limit, absolute_lo, xp.where(hot, zero, lo)), hot)
 
 
 def _margin_softmax_loss(xp, logits, target, scale, margin):
-    """``-log softmax(z')_y`` (see :func:`_margin_logits`): no cancellation of ``LSE`` against ``s (z_y - m)``."""
+    """``-log softmax(z')_y`` (see :func:`_margin_logits`): no cancellation of ``LSE`` against ``s (z_y - m)``;
+    rows of maximum ``+inf`` by :func:`refloss.xp.saturated_softmax`'s rule (0 at a sole ``+inf`` target)."""
     shifted, lo, _ = _margin_logits(xp, logits, target, scale, margin)
-    return -take_along_axis(log_softmax(shifted, axis=1, lo=lo, xp=xp), target, axis=1, xp=xp)
+    rows, p = saturated_softmax(xp, shifted, 1)
+    lsm = xp.where(rows, safe_log(p, xp=xp), log_softmax(shifted, axis=1, lo=lo, xp=xp))
+    return -take_along_axis(lsm, target, axis=1, xp=xp)
 
 
 def _margin_softmax_grad(xp, cot, logits, target, scale, margin):
-    """``s (softmax(z') - onehot(y))``, with ``p'_y - 1 = -(1 - p'_y)`` from :func:`refloss.xp.softmax_complement`."""
+    """``s (softmax(z') - onehot(y))``, with ``p'_y - 1 = -(1 - p'_y)`` from :func:`refloss.xp.softmax_complement`;
+    rows of maximum ``+inf`` by :func:`refloss.xp.saturated_softmax`'s rule."""
     shifted, lo, hot = _margin_logits(xp, logits, target, scale, margin)
-    p = softmax(shifted, axis=1, lo=lo, xp=xp)
-    diff = xp.where(hot, -softmax_complement(shifted, axis=1, lo=lo, xp=xp), p)
-    return _expand(xp, cot * scale) * diff
+    rows, p_top = saturated_softmax(xp, shifted, 1)
+    p = xp.where(rows, p_top, softmax(shifted, axis=1, lo=lo, xp=xp))
+    complement = xp.where(rows, 1 - p_top, softmax_complement(shifted, axis=1, lo=lo, xp=xp))
+    return _expand(xp, cot * scale) * xp.where(hot, -complement, p)
 
 
 @loss(
@@ -972,6 +1006,13 @@ def logsumexp_hinge_loss(xp, logits, target, *, margin):
 
     Gradient where active: ``softmax over the non-target scores`` on ``z_i`` (summing to 1) and
     ``-1`` on ``z_y``; 0 elsewhere (and at the kink).
+
+    Infinite scores give the limit, NaN where it depends on how they grow (the rule of
+    :func:`refloss.xp.saturated_softmax`). With ``A = LSE_{i != y} z_i`` (``+inf`` if another score is, ``-inf`` if
+    all are) the hinge's argument is ``A - z_y + m``: 0, gradient 0, at a sole ``+inf`` target;
+    ``+inf`` where ``A = +inf`` or ``z_y = -inf``, gradient as above with the limit softmax (NaN only
+    at tied ``+inf`` scores); NaN, and a NaN gradient row, where ``A`` and ``z_y`` are infinities of
+    one sign (``inf - inf``: the argument takes every value).
     """
     u, _, _ = _lse_hinge_parts(xp, logits, target, margin)
     return xp.maximum(u, 0.0)
@@ -980,7 +1021,9 @@ def logsumexp_hinge_loss(xp, logits, target, *, margin):
 @logsumexp_hinge_loss.defvjp
 def _lse_hinge_vjp(xp, cot, logits, target, *, margin):
     u, q, hot = _lse_hinge_parts(xp, logits, target, margin)
-    return _expand(xp, cot * xp.astype(u > 0, logits.dtype)) * (q - hot), None
+    # where, not a product with [u > 0]: q is NaN where every other score is -inf (u = -inf, gradient 0)
+    inactive = xp.where(u <= 0, xp.zeros_like(u), xp.full_like(u, math.nan))  # NaN where u is
+    return _expand(xp, cot) * xp.where(_expand(xp, u > 0), q - hot, _expand(xp, inactive)), None
 
 
 @loss(
@@ -1003,6 +1046,11 @@ def softplus_logsumexp_loss(xp, logits, target):
     Gradient: ``sigma(u) (q - onehot(y))`` with ``u`` the argument of softplus and ``q`` the softmax
     over the non-target scores; ``sigma(u) q_i = p_i`` and ``sigma(u) = 1 - p_y``, i.e. ``p - onehot``
     (``p_y - 1`` evaluated as ``-(1 - p_y)``).
+
+    Infinite scores give the limit, NaN where it depends on how they grow (the rule of
+    :func:`refloss.xp.saturated_softmax`): 0, gradient 0, at a sole ``+inf`` target; ``+inf`` where another score
+    is ``+inf`` or ``z_y = -inf``, with gradient ``p - onehot(y)`` for the limit ``p`` (NaN only at tied
+    ``+inf`` scores); NaN where the target ties another ``+inf`` or every score is ``-inf``.
     """
     return _margin_softmax_loss(xp, logits, target, 1.0, 0.0)
 
@@ -1032,6 +1080,8 @@ def additive_margin_softplus_loss(xp, logits, target, *, scale, margin):
 
     Gradient: ``s sigma(u) (q - onehot(y))``, ``q`` the softmax over the non-target ``s z_i``; that is
     ``s (softmax(z') - onehot(y))``.
+
+    Infinite scores: as :func:`softplus_logsumexp_loss` (the gradient times ``s``).
     """
     return _margin_softmax_loss(xp, logits, target, scale, margin)
 

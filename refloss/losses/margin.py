@@ -27,7 +27,7 @@ batch, as every reference implementation). Scales, margins and lambda are parame
 their gradients (NormFace's learnable scale) are not provided.
 
 Numerics (certified against refloss.mp within 4 ULP, value and gradients, see the double-double
-section below): the unit rows, the cosines (Ozaki's split matrix product: three float64 products),
+section below): the unit rows, the cosines (Ozaki's split matrix product, two slices: six float64 products),
 the margins, scales and logits are double-doubles, and the softmax takes the logits' low parts
 (``refloss.xp.log_softmax(z, lo=...)``): a logit of size ``s = 64`` rounded to float64 alone would put
 tens of ULP on a small loss. ``1 -+ c`` and ``sin theta`` at the target come from ``|x_hat -+ W_hat_y|^2``
@@ -36,7 +36,7 @@ of the summed gradient would cancel. The target entry of ``p - onehot`` is ``-su
 ``p_y - 1`` cancellation when the target dominates). The gradient is summed in double-double too
 (terms of both signs cancel: the target's pull against the other classes', one sample's against
 another's on a shared weight row) and rounded once; the cotangent's common scale is applied last, so
-``mean`` is ``sum / N`` to one rounding. The forward costs three matrix products instead of one and
+``mean`` is ``sum / N`` to one rounding. The forward costs six matrix products instead of one and
 about twice the elementwise work; the backward about three times.
 
 Two distance-based losses share the calling convention with raw ``weights`` as class centres:
@@ -61,7 +61,7 @@ import numpy as np  # domains and error messages only
 
 from .. import domains as D
 from ..loss import Input, Param, _fail, loss, reduce_vjp
-from ..xp import _split_constants, dd_mul, dd_sum, log_softmax, namespace, one_hot, renormalise, take_along_axis, to_numpy, two_prod, two_sum
+from ..xp import dd_mul, dd_sum, log_softmax, namespace, one_hot, renormalise, take_along_axis, to_numpy, two_prod, two_sum
 
 __all__ = [
     "normface_loss",
@@ -228,14 +228,44 @@ def _split_bits(xp, dtype, k):
     return (t - 1 - math.ceil(math.log2(max(k, 1)))) // 2
 
 
-def _dd_row_dot(xp, a, b, *, unit=False):
+def _fine_split_product(xp, a, a_lo, b, b_lo, h, contract):
+    """``contract(A + A_lo, B + B_lo)``, a bilinear sum of ``K`` products (a matrix product, or row dot
+    products) of operands with entries in [-1, 1], as a double-double to ~2^-(t + 2h - log2 K) of
+    ``|A| |B|``, ``h`` from :func:`_split_bits` (2^-101 for float64 and K = 3, 2^-86 at K = 512).
+
+    Ozaki's split with two slices: ``A = A1 + A2 + A3`` with ``A1`` on the grid ``2^-h``, ``A2`` on
+    ``2^-2h`` (at most ``2^-h`` in size) and ``A3`` the rest (the low part folded in), likewise ``B``.
+    ``A1 B1`` (products on the grid 2^-2h, sums below K) and ``A1 B2``, ``A2 B1`` (on 2^-3h, below ``K 2^-h``)
+    are exact in any summation order; the rest ``A1 B3 + A2 (B2 + B3) + A3 B`` is ``2^-2h`` smaller and
+    rounds. Six contractions where the one-slice split (:func:`_dd_matmul`) takes three: for the quantities
+    whose absolute error the one-slice ~2^-(t + h - log2 K) leaves too large (the unit rows' norms and the
+    cosine matrix, see :func:`_normalise_rows` and :func:`_cosines`)."""
+    grid = 2.0**h
+
+    def slices(v, lo):
+        v1 = xp.round(v * grid) / grid
+        v2 = xp.round((v - v1) * grid**2) / grid**2  # v - v1 and the remainder below are exact
+        rest = (v - v1) - v2
+        return v1, v2, rest if lo is None else rest + lo
+
+    a1, a2, a3 = slices(a, a_lo)
+    b1, b2, b3 = slices(b, b_lo)
+    mid, mid_lo = two_sum(xp, contract(a1, b2), contract(a2, b1))
+    rest = contract(a1, b3) + contract(a2, b2 + b3) + contract(a3, b)
+    hi, lo = two_sum(xp, contract(a1, b1), mid)
+    return renormalise(xp, hi, lo + (mid_lo + rest))
+
+
+def _dd_row_dot(xp, a, b, *, unit=False, fine=False):
     """``sum_k a_k b_k`` along the last axis of double-double rows (low parts may be None) as a double-double.
 
     Each row scaled by a power of two into [-1, 1] (not with ``unit``: it is already) and split on the grid
     of :func:`_split_bits` (``a = a1 + ar``): ``sum a1 b1`` is exact and the rest ``sum ar b + a1 br (+ the
     low parts)`` is ``2^-h`` smaller, so the result errs by ~2^-(t + h - log2 D) of ``|a| |b|`` for a handful
-    of array operations (Dot2 costs a TwoProduct and a pairwise TwoSum tree)."""
-    grid = 2.0 ** _split_bits(xp, a[0].dtype, a[0].shape[-1])
+    of array operations (Dot2 costs a TwoProduct and a pairwise TwoSum tree). ``fine``: split in two slices
+    (:func:`_fine_split_product`), ~2^-(t + 2h - log2 D)."""
+    h = _split_bits(xp, a[0].dtype, a[0].shape[-1])
+    grid = 2.0**h
     same = a is b
     if unit:
         ua, ub = a[0], b[0]
@@ -246,31 +276,34 @@ def _dd_row_dot(xp, a, b, *, unit=False):
         ua, ub = a[0] / pa, (a[0] / pa if same else b[0] / pb)
         a_lo = None if a[1] is None else a[1] / pa
         b_lo = None if b[1] is None else b[1] / pb
-    a1 = xp.round(ua * grid) / grid
-    if same:  # a^2 - a1^2 = (a - a1)(a + a1)
-        rest = (ua - a1) * (ua + a1)
-        if a_lo is not None:
-            rest = rest + 2 * ua * a_lo
-        total = xp.sum(a1 * a1, axis=-1)
+    if fine:
+        hi, lo = _fine_split_product(xp, ua, a_lo, ub, b_lo, h, lambda x, y: xp.sum(x * y, axis=-1))
     else:
-        b1 = xp.round(ub * grid) / grid
-        rest = (ua - a1) * ub + a1 * (ub - b1)
-        if a_lo is not None:
-            rest = rest + a_lo * ub
-        if b_lo is not None:
-            rest = rest + ua * b_lo
-        total = xp.sum(a1 * b1, axis=-1)
-    hi, lo = renormalise(xp, total, xp.sum(rest, axis=-1))
+        a1 = xp.round(ua * grid) / grid
+        if same:  # a^2 - a1^2 = (a - a1)(a + a1)
+            rest = (ua - a1) * (ua + a1)
+            if a_lo is not None:
+                rest = rest + 2 * ua * a_lo
+            total = xp.sum(a1 * a1, axis=-1)
+        else:
+            b1 = xp.round(ub * grid) / grid
+            rest = (ua - a1) * ub + a1 * (ub - b1)
+            if a_lo is not None:
+                rest = rest + a_lo * ub
+            if b_lo is not None:
+                rest = rest + ua * b_lo
+            total = xp.sum(a1 * b1, axis=-1)
+        hi, lo = renormalise(xp, total, xp.sum(rest, axis=-1))
     if unit:
         return hi, lo
     p = xp.squeeze(pa, axis=-1) * xp.squeeze(pb, axis=-1)
     return hi * p, lo * p
 
 
-def _dd_sum_squares(xp, v, v_lo=None, *, unit=False):
+def _dd_sum_squares(xp, v, v_lo=None, *, unit=False, fine=False):
     """``sum_k (v_k + lo_k)^2`` along the last axis as a double-double (:func:`_dd_row_dot`)."""
     pair = (v, v_lo)
-    return _dd_row_dot(xp, pair, pair, unit=unit)
+    return _dd_row_dot(xp, pair, pair, unit=unit, fine=fine)
 
 
 def _dd_horner(xp, coeffs, x):
@@ -384,7 +417,7 @@ def _pow2_scale(xp, v):
     return xp.where(live, 2.0 ** xp.floor(xp.log2(xp.where(live, m, xp.ones_like(m)))), xp.ones_like(m))
 
 
-def _dd_matmul(xp, a, b, *, unit=False, unit_b=False, inner=False):
+def _dd_matmul(xp, a, b, *, unit=False, unit_b=False, inner=False, fine=False):
     """``A B^T`` of double-double matrices as a double-double, by Ozaki's split (a low part may be
     ``None``: zero). Rows are scaled by powers of two into [-1, 1], except with ``unit`` (every entry of both
     is there already, and only absolute accuracy is wanted) or ``unit_b`` (``B``'s are, as unit vectors).
@@ -399,7 +432,8 @@ def _dd_matmul(xp, a, b, *, unit=False, unit_b=False, inner=False):
     that matmul is exact in any summation order (BLAS, GPU). The rest, ``A1 Br^T + Ar B^T``, is ``2^-h``
     smaller and rounds at ``~K 2^-(t + h)``: three matrix products for
     ``~2^-(t + h - log2 K)`` relative to the rows' scales (2^-65 at K = 512), where one rounded product
-    errs by ``K 2^-t``.
+    errs by ``K 2^-t``. ``fine``: two slices each (:func:`_fine_split_product`), six products for
+    ``~2^-(t + 2h - log2 K)``.
     """
     a_lo, b_lo = a[1], b[1]
     a, b = a[0], b[0]
@@ -418,6 +452,8 @@ def _dd_matmul(xp, a, b, *, unit=False, unit_b=False, inner=False):
     h = _split_bits(xp, a.dtype, a.shape[-1])
     if h < 1:  # pragma: no cover - K >= 2^(t - 3): nothing to split exactly
         hi, lo = xp.matmul(a, b.T), xp.zeros((a.shape[0], b.shape[0]), dtype=a.dtype, device=array_api_compat.device(a))
+    elif fine:
+        hi, lo = _fine_split_product(xp, a, a_lo, b, b_lo, h, lambda x, y: xp.matmul(x, y.T))
     else:
         grid = 2.0**h
         a1 = xp.round(a * grid) / grid
@@ -463,26 +499,19 @@ def _normalise_rows(xp, v, eps):
     """Rows of ``v`` over ``max(|v|, eps)`` (``eps=None``: ``|v|``, rows nonzero), as a :class:`_Rows`.
 
     ``u = v / 2^(e + 1)`` (exact, every entry in [-1, 1)), ``|u|^2`` as a double-double
-    (:func:`_dd_sum_squares`), its square root and reciprocal ``r`` in double-double, and ``|v| = 2^(e + 1) |u|``:
-    no overflow or underflow for any finite row. ``v_hat = u r`` as ``u1 r1 + u2 r1 + u (r - r1)`` with ``r1``
-    the 26-bit head of ``r`` and ``u = u1 + u2`` Veltkamp's split (26 + 27 bits): the first two products are
-    exact and the third ``2^-26`` smaller, so the unit rows come to ~2^-75 in a few array operations per
-    entry (the cosines built on them must be accurate well beyond float64, see the section above).
+    (:func:`_dd_sum_squares`, two slices: ~2^-101 relative at D = 3, 2^-86 at D = 512), its square root and
+    reciprocal ``r`` in double-double, and ``|v| = 2^(e + 1) |u|``: no overflow or underflow for any finite
+    row. ``v_hat = u r`` by TwoProduct (``r`` in (1/sqrt(D), 2]). The unit rows' error is mostly radial (the
+    norm's), and a radial error does not cancel in the tangents ``W_hat - c x_hat``: a one-slice norm
+    (~2^-78) put 100+ ULP on a CurricularFace gradient whose terms cancel by 2^-20.
     """
     p2 = _pow2_scale(xp, v)
     u = (v / p2) * 0.5
-    r = _dd_sqrt(xp, _dd_sum_squares(xp, u, unit=True))
+    r = _dd_sqrt(xp, _dd_sum_squares(xp, u, unit=True, fine=True))
     live = r[0] > 0
     r1 = xp.where(live, r[0], xp.ones_like(r[0])), xp.where(live, r[1], xp.zeros_like(r[1]))
     inv = _dd_expand(xp, _dd_div(xp, _dd_const(xp, 1.0, u), r1))
-    splitter = _split_constants(xp, u.dtype)[0]
-    c = splitter * inv[0]
-    head = c - (c - inv[0])
-    tail = (inv[0] - head) + inv[1]
-    c = splitter * u
-    u1 = c - (c - u)
-    hat, hat_lo = renormalise(xp, u1 * head, (u - u1) * head)
-    hat, hat_lo = renormalise(xp, hat, hat_lo + u * tail)
+    hat, hat_lo = _dd_mul(xp, (u, xp.zeros_like(u)), inv)
     norm = (xp.expand_dims(r[0], axis=1) * p2) * 2, (xp.expand_dims(r[1], axis=1) * p2) * 2
     if eps is None:
         return _Rows(hat, norm[0], None, hat_lo, norm[1])
@@ -504,22 +533,30 @@ def _scale_dd(xp, scale, like):
 
 def _scaled_products(xp, a, b, scale=1.0):
     """``scale A B^T`` as a double-double for rows with entries in [-1, 1] (``scale``: a positive Python
-    number or a 0-d double-double pair): the scale goes into ``A`` (``O(N D)``), not onto the product."""
+    number or a 0-d double-double pair) by :func:`_dd_matmul`'s two-slice split: the scale goes into ``A``
+    (``O(N D)``), not onto the product."""
     if not isinstance(scale, tuple) and scale == 1:
-        return _dd_matmul(xp, a, b, unit=True)
+        return _dd_matmul(xp, a, b, unit=True, fine=True)
     s = _scale_dd(xp, scale, a[0])
     if float(s[0]) == 0:
         zero = xp.zeros((a[0].shape[0], b[0].shape[0]), dtype=a[0].dtype, device=array_api_compat.device(a[0]))
         return zero, zero
     p2 = 2.0 ** math.ceil(math.log2(float(s[0]) * (1 + 2.0**-40)))  # |scale a| <= p2
     sa = _dd_mul(xp, a, s)
-    hi, lo = _dd_matmul(xp, (sa[0] / p2, sa[1] / p2), b, unit=True)
+    hi, lo = _dd_matmul(xp, (sa[0] / p2, sa[1] / p2), b, unit=True, fine=True)
     return hi * p2, lo * p2
 
 
 def _cosines(xp, features, weights, eps, scale=1.0):
-    """``(scale cos, xr, wr)``: ``scale x_hat W_hat^T`` (N, C) as a double-double ``(hi, lo)`` (to ~2^-65 of
-    ``scale``, :func:`_dd_matmul`) and the rows' :class:`_Rows` records."""
+    """``(scale cos, xr, wr)``: ``scale x_hat W_hat^T`` (N, C) as a double-double ``(hi, lo)`` and the rows'
+    :class:`_Rows` records.
+
+    The products take two slices (:func:`_dd_matmul`'s ``fine``: ~2^-86 of ``scale`` at D = 512, ~2^-100 at
+    small D; one slice gives ~2^-65 to 2^-78): a cosine's absolute error reaches the gradient through
+    ``dz/dc`` wherever that depends on ``c`` (CurricularFace's hard negatives, ``s (t + 2c)``, and every
+    softmax), and the terms of a row's gradient can cancel by 2^-20 (a CurricularFace target nearly
+    antiparallel to its feature against two hard negatives: 100+ ULP with one slice). In time the products
+    stay small next to the elementwise double-double work on (N, C)."""
     xr = _normalise_rows(xp, features, eps)
     wr = _normalise_rows(xp, weights, eps)
     return _scaled_products(xp, xr.hat_dd, wr.hat_dd, scale), xr, wr

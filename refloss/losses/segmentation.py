@@ -47,7 +47,7 @@ import array_api_compat
 
 from .. import domains as D
 from ..loss import Input, Param, _check_labels, _check_values, _match_shape, loss
-from ..xp import dd_mul, dd_sum, is_floating, is_integer, namespace, one_hot, renormalise, softmax, take_along_axis, two_prod, two_sum
+from ..xp import dd_mul, dd_sum, is_floating, saturated_softmax, is_integer, namespace, one_hot, renormalise, softmax, take_along_axis, two_prod, two_sum
 from ..xp import dd_add as _dd_add, dd_div as _dd_div, dd_exp as _exp_dd, dd_log as _log_dd, dd_log2_multiple as _log2_times, dd_scale_exponent as _scale_exponent, significand_bits as _bits
 
 __all__ = [
@@ -231,11 +231,14 @@ def _softmax_dd(xp, x):
     ``e_c = exp(x_c - m)`` from the exact shift (TwoSum; ``exp(z + zc) = exp(z) (1 + zc)``) and a
     double-double ``exp``; ``S = 1 + rest`` with ``rest`` the sum of the other classes' ``e``, and ``p = e / S``.
     The complement is ``rest / S`` at the row maximum (where it can be tiny) and ``1 - p`` elsewhere
-    (``p <= 1/2`` there). Rows whose maximum is not finite give the plain softmax (NaN)."""
+    (``p <= 1/2`` there). Rows whose maximum is not finite give the plain softmax (NaN), except those
+    whose maximum is ``+inf``: there the limit (:func:`refloss.xp.saturated_softmax`:
+    1 at a sole ``+inf``, 0 below it, NaN at tied ``+inf``), whose complement ``1 - p`` is exact."""
     xt = xp.moveaxis(x, 1, -1)
     m = xp.max(xt, axis=-1, keepdims=True)
     fin = xp.isfinite(m)
-    z, zc = two_sum(xp, xt, -xp.where(fin, m, xp.zeros_like(m)))
+    # rows of no finite maximum are replaced below (by `plain`): zeros here keep inf out of the arithmetic
+    z, zc = two_sum(xp, xp.where(fin, xt, xp.zeros_like(xt)), -xp.where(fin, m, xp.zeros_like(m)))
     # e far below 1 keeps its precision as e 2^k (scaled back where it is used): k = 600 in float64
     k = _scale_exponent(xp, z)
     k_hi, k_lo = _log2_times(_bits(xp, z), k)
@@ -257,7 +260,8 @@ def _softmax_dd(xp, x):
     one_minus = _dd_plus(xp, _dd(xp, xp.ones_like(e_hi)), _dd_neg(p))
     q = tuple(xp.where(at_top, a * xp.ones_like(e_hi), b) for a, b in zip(at_max, one_minus))
     p_scaled = _dd_over(xp, es, (total[0] * xp.ones_like(e_hi), total[1] * xp.ones_like(e_hi)))
-    plain = softmax(x, axis=1, xp=xp)
+    top_rows, top = saturated_softmax(xp, x, 1)
+    plain = xp.where(top_rows, top, softmax(x, axis=1, xp=xp))
     back = [tuple(xp.moveaxis(v, -1, 1) for v in pair) for pair in (p, q, p_scaled)]
     ok = xp.moveaxis(xp.broadcast_to(fin, xt.shape), -1, 1)
     p = (xp.where(ok, back[0][0], plain), xp.where(ok, back[0][1], xp.zeros_like(plain)))
@@ -922,6 +926,11 @@ def lovasz_softmax_loss(xp, input, target, *, classes, per_image, activation):
 
     Shapes: ``input (N, C, *)``; ``target (N, C, *)`` one-hot or indices ``(N, *)``; unreduced ``(N,)``
     per image, 0-d over the batch.
+
+    Infinite logits (``activation='softmax'``) give the limit, NaN where it depends on how they grow
+    (:func:`refloss.xp.saturated_softmax`): a pixel whose largest logit is a sole
+    ``+inf`` has probability 1 there and 0 elsewhere, and gradient 0 (the softmax saturates); tied
+    ``+inf`` logits, or all ``-inf``, make the pixel's probabilities, and so the loss, NaN.
     """
     *_, per_class, weight = _lovasz_softmax_parts(xp, input, target, classes, per_image, activation)
     out = xp.sum(per_class * weight, axis=-1)
