@@ -1025,8 +1025,9 @@ def _lp_grad(xp, v, p, e=0.0):
     power = xp.where(at_m, xp.zeros_like(b), b**p * (1 + p * rel))
     t = xp.sum(power, axis=-1)
     if not _is_zero(e):
-        k, scale = _row_scale(xp, _col(xp, top))  # e / top^p = (e / 2^(p k)) / (top / 2^k)^p
-        t = t + _scaled_eps(xp, e, k, p) / (top / scale) ** p
+        top1 = xp.where(live, top, xp.ones_like(top))  # zero rows: masked below, and no 1 / 0 formed
+        k, scale = _row_scale(xp, _col(xp, top1))  # e / top^p = (e / 2^(p k)) / (top / 2^k)^p
+        t = t + _scaled_eps(xp, e, k, p) / (top1 / scale) ** p
     g = xp.sign(v) * (b**q * (1 + q * rel)) * _col(xp, (1 + t) ** (-q / p))
     return xp.where(_col(xp, live), g, xp.zeros_like(g))
 
