@@ -65,12 +65,16 @@ def _torch():
 
 
 def _jax():
+    """JAX, ``jax.numpy`` and optax as one namespace (``jx.jax``, ``jx.jnp``, ``jx.optax``): a JAX loss
+    expression needs all three."""
+    from types import SimpleNamespace
+
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
     import jax.numpy as jnp
     import optax
 
-    return jax, jnp, optax
+    return SimpleNamespace(jax=jax, jnp=jnp, optax=optax)
 
 
 def _tf():
@@ -80,43 +84,83 @@ def _tf():
     return tf
 
 
-def ce_frameworks(z, y):
+def _torch_runner(loss, inputs, wrt):
+    """PyTorch autograd on the CPU: the differentiated inputs require grad, each call clears their
+    ``.grad``, evaluates ``loss`` and calls ``backward()``."""
+    torch = _torch()
+    ts = [torch.from_numpy(v) for v in inputs]
+    for i in wrt:
+        ts[i].requires_grad_(True)
+
+    def run():
+        for i in wrt:
+            ts[i].grad = None
+        value = loss(torch, *ts)
+        value.backward()
+        return value, tuple(ts[i].grad for i in wrt)
+
+    return run
+
+
+def _jax_runner(loss, inputs, wrt):
+    """``jax.jit(jax.value_and_grad(loss, argnums=wrt))``, waited on with ``block_until_ready`` so that
+    the timing covers the computation and not only its dispatch."""
+    jx = _jax()
+    step = jx.jax.jit(jx.jax.value_and_grad(lambda *a: loss(jx, *a), argnums=tuple(wrt)))
+    arrays = [jx.jnp.asarray(v) for v in inputs]
+    return lambda: jx.jax.block_until_ready(step(*arrays))
+
+
+def _tf_runner(loss, inputs, wrt):
+    """A ``tf.function`` that watches the differentiated inputs on a ``GradientTape`` and returns the
+    loss and its gradients. AutoGraph is off: the loss expressions have no Python control flow to
+    convert (the graph is the same), and AutoGraph cannot read the source of a lambda that shares its
+    line with others, which it reports as a warning on every build."""
+    tf = _tf()
+    tensors = [tf.constant(v) for v in inputs]
+
+    @tf.function(autograph=False)
+    def step(*ts):
+        watched = [ts[i] for i in wrt]
+        with tf.GradientTape() as tape:
+            tape.watch(watched)
+            value = loss(tf, *ts)
+        return value, tape.gradient(value, watched)
+
+    return lambda: step(*tensors)
+
+
+_RUNNERS = {"torch": _torch_runner, "jax": _jax_runner, "tensorflow": _tf_runner}
+
+
+def framework_runners(loss_fns, inputs, wrt):
+    """``{framework: fn}`` for each framework of ``loss_fns`` that imports; ``fn()`` runs one forward +
+    backward of that framework's loss on its own copies of ``inputs`` (NumPy arrays) and returns the
+    loss and the gradients with respect to ``inputs[i]`` for ``i`` in ``wrt``.
+
+    ``loss_fns[framework](ops, *inputs)`` is the loss expression in that framework's ops, a scalar:
+    ``ops`` is the ``torch`` module, the ``tensorflow`` module, or for JAX a namespace of ``jax``,
+    ``jnp`` and ``optax``. A framework that does not import is left out, not an error: the benchmark
+    times what this installation has."""
     out = {}
-    try:
-        torch = _torch()
-        zt, yt = torch.from_numpy(z).requires_grad_(True), torch.from_numpy(y)
-
-        def run_torch():
-            zt.grad = None
-            loss = torch.nn.functional.cross_entropy(zt, yt)
-            loss.backward()
-            return loss, zt.grad
-
-        out["torch"] = run_torch
-    except ImportError:
-        pass
-    try:
-        jax, jnp, optax = _jax()
-        f = jax.jit(jax.value_and_grad(lambda z, y: optax.losses.softmax_cross_entropy_with_integer_labels(z, y).mean()))
-        zj, yj = jnp.asarray(z), jnp.asarray(y)
-        out["jax"] = lambda: jax.block_until_ready(f(zj, yj))
-    except ImportError:
-        pass
-    try:
-        tf = _tf()
-        zt_tf, yt_tf = tf.constant(z), tf.constant(y)
-
-        @tf.function
-        def step(z, y):
-            with tf.GradientTape() as tape:
-                tape.watch(z)
-                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z))
-            return loss, tape.gradient(loss, z)
-
-        out["tensorflow"] = lambda: step(zt_tf, yt_tf)
-    except ImportError:
-        pass
+    for name, loss in loss_fns.items():
+        try:
+            out[name] = _RUNNERS[name](loss, inputs, wrt)
+        except ImportError:
+            pass
     return out
+
+
+def ce_frameworks(z, y):
+    return framework_runners(
+        {
+            "torch": lambda torch, z, y: torch.nn.functional.cross_entropy(z, y),
+            "jax": lambda jx, z, y: jx.optax.losses.softmax_cross_entropy_with_integer_labels(z, y).mean(),
+            "tensorflow": lambda tf, z, y: tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)),
+        },
+        (z, y),
+        wrt=(0,),
+    )
 
 
 def arcface_frameworks(f, y, w, s=64.0, m=0.5):
@@ -124,194 +168,93 @@ def arcface_frameworks(f, y, w, s=64.0, m=0.5):
     import math
 
     cos_m, sin_m, th, mm = math.cos(m), math.sin(m), math.cos(math.pi - m), math.sin(math.pi - m) * m
-    out = {}
-    try:
-        torch = _torch()
+
+    def torch_loss(torch, f, y, w):
         F = torch.nn.functional
-        ft, wt, yt = torch.from_numpy(f).requires_grad_(True), torch.from_numpy(w).requires_grad_(True), torch.from_numpy(y)
+        c = F.linear(F.normalize(f), F.normalize(w))
+        cy = c.gather(1, y[:, None])
+        sin = torch.sqrt((1.0 - cy * cy).clamp(0, 1))
+        phi = torch.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
+        logits = s * c.scatter(1, y[:, None], phi)
+        return F.cross_entropy(logits, y)
 
-        def run_torch():
-            ft.grad = wt.grad = None
-            c = F.linear(F.normalize(ft), F.normalize(wt))
-            cy = c.gather(1, yt[:, None])
-            sin = torch.sqrt((1.0 - cy * cy).clamp(0, 1))
-            phi = torch.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
-            logits = s * c.scatter(1, yt[:, None], phi)
-            loss = F.cross_entropy(logits, yt)
-            loss.backward()
-            return loss, ft.grad, wt.grad
+    def jax_loss(jx, f, y, w):
+        jnp = jx.jnp
+        fn = f / jnp.linalg.norm(f, axis=1, keepdims=True)
+        wn = w / jnp.linalg.norm(w, axis=1, keepdims=True)
+        c = fn @ wn.T
+        cy = jnp.take_along_axis(c, y[:, None], axis=1)
+        sin = jnp.sqrt(jnp.clip(1.0 - cy * cy, 0, 1))
+        phi = jnp.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
+        hot = jx.jax.nn.one_hot(y, c.shape[1], dtype=bool)
+        logits = s * jnp.where(hot, phi, c)
+        return jx.optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        out["torch"] = run_torch
-    except ImportError:
-        pass
-    try:
-        jax, jnp, optax = _jax()
+    def tf_loss(tf, f, y, w):
+        c = tf.matmul(tf.math.l2_normalize(f, axis=1), tf.math.l2_normalize(w, axis=1), transpose_b=True)
+        hot = tf.one_hot(y, c.shape[1], on_value=True, off_value=False, dtype=tf.bool)
+        cy = tf.reduce_sum(tf.where(hot, c, 0.0), axis=1, keepdims=True)
+        sin = tf.sqrt(tf.clip_by_value(1.0 - cy * cy, 0.0, 1.0))
+        phi = tf.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
+        logits = s * tf.where(hot, phi, c)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
 
-        def loss_fn(f, w, y):
-            fn = f / jnp.linalg.norm(f, axis=1, keepdims=True)
-            wn = w / jnp.linalg.norm(w, axis=1, keepdims=True)
-            c = fn @ wn.T
-            cy = jnp.take_along_axis(c, y[:, None], axis=1)
-            sin = jnp.sqrt(jnp.clip(1.0 - cy * cy, 0, 1))
-            phi = jnp.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
-            hot = jax.nn.one_hot(y, c.shape[1], dtype=bool)
-            logits = s * jnp.where(hot, phi, c)
-            return optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        g = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
-        fj, wj, yj = jnp.asarray(f), jnp.asarray(w), jnp.asarray(y)
-        out["jax"] = lambda: jax.block_until_ready(g(fj, wj, yj))
-    except ImportError:
-        pass
-    try:
-        tf = _tf()
-        ft_tf, wt_tf, yt_tf = tf.constant(f), tf.constant(w), tf.constant(y)
-
-        @tf.function
-        def step(f, w, y):
-            with tf.GradientTape() as tape:
-                tape.watch([f, w])
-                c = tf.matmul(tf.math.l2_normalize(f, axis=1), tf.math.l2_normalize(w, axis=1), transpose_b=True)
-                hot = tf.one_hot(y, c.shape[1], on_value=True, off_value=False, dtype=tf.bool)
-                cy = tf.reduce_sum(tf.where(hot, c, 0.0), axis=1, keepdims=True)
-                sin = tf.sqrt(tf.clip_by_value(1.0 - cy * cy, 0.0, 1.0))
-                phi = tf.where(cy > th, cy * cos_m - sin * sin_m, cy - mm)
-                logits = s * tf.where(hot, phi, c)
-                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-            return loss, tape.gradient(loss, [f, w])
-
-        out["tensorflow"] = lambda: step(ft_tf, wt_tf, yt_tf)
-    except ImportError:
-        pass
-    return out
+    return framework_runners({"torch": torch_loss, "jax": jax_loss, "tensorflow": tf_loss}, (f, y, w), wrt=(0, 2))
 
 
 def bce_frameworks(x, y):
-    out = {}
-    try:
-        torch = _torch()
-        xt, yt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(y)
-
-        def run_torch():
-            xt.grad = None
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(xt, yt)
-            loss.backward()
-            return loss, xt.grad
-
-        out["torch"] = run_torch
-    except ImportError:
-        pass
-    try:
-        jax, jnp, optax = _jax()
-        g = jax.jit(jax.value_and_grad(lambda x, y: optax.losses.sigmoid_binary_cross_entropy(x, y).mean()))
-        xj, yj = jnp.asarray(x), jnp.asarray(y)
-        out["jax"] = lambda: jax.block_until_ready(g(xj, yj))
-    except ImportError:
-        pass
-    try:
-        tf = _tf()
-        xt_tf, yt_tf = tf.constant(x), tf.constant(y)
-
-        @tf.function
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x))
-            return loss, tape.gradient(loss, x)
-
-        out["tensorflow"] = lambda: step(xt_tf, yt_tf)
-    except ImportError:
-        pass
-    return out
+    return framework_runners(
+        {
+            "torch": lambda torch, x, y: torch.nn.functional.binary_cross_entropy_with_logits(x, y),
+            "jax": lambda jx, x, y: jx.optax.losses.sigmoid_binary_cross_entropy(x, y).mean(),
+            "tensorflow": lambda tf, x, y: tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)),
+        },
+        (x, y),
+        wrt=(0,),
+    )
 
 
 def focal_frameworks(x, y, alpha=0.25, gamma=2.0):
     """torchvision.ops.sigmoid_focal_loss's formula, optax.sigmoid_focal_loss, and the same in TF."""
-    out = {}
-    try:
-        torch = _torch()
-        F = torch.nn.functional
-        xt, yt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(y)
 
-        def run_torch():
-            xt.grad = None
-            p = torch.sigmoid(xt)
-            ce = F.binary_cross_entropy_with_logits(xt, yt, reduction="none")
-            p_t = p * yt + (1 - p) * (1 - yt)
-            loss = (alpha * yt + (1 - alpha) * (1 - yt)) * ce * (1 - p_t) ** gamma
-            loss = loss.mean()
-            loss.backward()
-            return loss, xt.grad
+    def torch_loss(torch, x, y):
+        p = torch.sigmoid(x)
+        ce = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
+        p_t = p * y + (1 - p) * (1 - y)
+        return ((alpha * y + (1 - alpha) * (1 - y)) * ce * (1 - p_t) ** gamma).mean()
 
-        out["torch"] = run_torch
-    except ImportError:
-        pass
-    try:
-        jax, jnp, optax = _jax()
-        g = jax.jit(jax.value_and_grad(lambda x, y: optax.losses.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma).mean()))
-        xj, yj = jnp.asarray(x), jnp.asarray(y)
-        out["jax"] = lambda: jax.block_until_ready(g(xj, yj))
-    except ImportError:
-        pass
-    try:
-        tf = _tf()
-        xt_tf, yt_tf = tf.constant(x), tf.constant(y)
+    def tf_loss(tf, x, y):
+        p = tf.sigmoid(x)
+        ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)
+        p_t = p * y + (1 - p) * (1 - y)
+        return tf.reduce_mean((alpha * y + (1 - alpha) * (1 - y)) * ce * (1 - p_t) ** gamma)
 
-        @tf.function
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                p = tf.sigmoid(x)
-                ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)
-                p_t = p * y + (1 - p) * (1 - y)
-                loss = tf.reduce_mean((alpha * y + (1 - alpha) * (1 - y)) * ce * (1 - p_t) ** gamma)
-            return loss, tape.gradient(loss, x)
-
-        out["tensorflow"] = lambda: step(xt_tf, yt_tf)
-    except ImportError:
-        pass
-    return out
+    return framework_runners(
+        {
+            "torch": torch_loss,
+            "jax": lambda jx, x, y: jx.optax.losses.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma).mean(),
+            "tensorflow": tf_loss,
+        },
+        (x, y),
+        wrt=(0,),
+    )
 
 
 def triplet_frameworks(a, p, n):
-    out = {}
-    try:
-        torch = _torch()
-        at, pt, nt = (torch.from_numpy(v).requires_grad_(True) for v in (a, p, n))
+    def tf_loss(tf, a, p, n):
+        d_ap = tf.norm(a - p + 1e-6, axis=1)
+        d_an = tf.norm(a - n + 1e-6, axis=1)
+        return tf.reduce_mean(tf.maximum(d_ap - d_an + 1.0, 0.0))
 
-        def run_torch():
-            at.grad = pt.grad = nt.grad = None
-            loss = torch.nn.functional.triplet_margin_loss(at, pt, nt)
-            loss.backward()
-            return loss, at.grad
-
-        out["torch"] = run_torch
-    except ImportError:
-        pass
-    try:
-        jax, jnp, optax = _jax()
-        g = jax.jit(jax.value_and_grad(lambda a, p, n: optax.losses.triplet_margin_loss(a, p, n).mean(), argnums=(0, 1, 2)))
-        aj, pj, nj = jnp.asarray(a), jnp.asarray(p), jnp.asarray(n)
-        out["jax"] = lambda: jax.block_until_ready(g(aj, pj, nj))
-    except ImportError:
-        pass
-    try:
-        tf = _tf()
-        at_tf, pt_tf, nt_tf = tf.constant(a), tf.constant(p), tf.constant(n)
-
-        @tf.function
-        def step(a, p, n):
-            with tf.GradientTape() as tape:
-                tape.watch([a, p, n])
-                d_ap = tf.norm(a - p + 1e-6, axis=1)
-                d_an = tf.norm(a - n + 1e-6, axis=1)
-                loss = tf.reduce_mean(tf.maximum(d_ap - d_an + 1.0, 0.0))
-            return loss, tape.gradient(loss, [a, p, n])
-
-        out["tensorflow"] = lambda: step(at_tf, pt_tf, nt_tf)
-    except ImportError:
-        pass
-    return out
+    return framework_runners(
+        {
+            "torch": lambda torch, a, p, n: torch.nn.functional.triplet_margin_loss(a, p, n),
+            "jax": lambda jx, a, p, n: jx.optax.losses.triplet_margin_loss(a, p, n).mean(),
+            "tensorflow": tf_loss,
+        },
+        (a, p, n),
+        wrt=(0, 1, 2),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,7 +348,7 @@ def workloads(rng):
     return [
         ("cross-entropy 2048 x 32000", ce(2048, 32000), "cross_entropy", {}, lambda i: ce_frameworks(*i)),
         ("cross-entropy 256 x 128000", ce(256, 128000), "cross_entropy", {}, lambda i: ce_frameworks(*i)),
-        ("ArcFace 1024 x 512, 20000 classes", arcface, "arcface_loss", {}, lambda i: arcface_frameworks(i[0], i[1], i[2])),
+        ("ArcFace 1024 x 512, 20000 classes", arcface, "arcface_loss", {}, lambda i: arcface_frameworks(*i)),
         ("BCE-with-logits 8 x 1 x 512 x 512", binary(2), "binary_cross_entropy_with_logits", {}, lambda i: bce_frameworks(*i)),
         ("sigmoid focal 8 x 1 x 512 x 512", binary(1), "sigmoid_focal_loss", {}, lambda i: focal_frameworks(*i)),
         ("triplet margin 4096 x 512", triplet, "triplet_margin_loss", {}, lambda i: triplet_frameworks(*i)),
