@@ -11,9 +11,8 @@ import pytest
 
 import refloss
 import refloss.mp as rmp
-from refloss import golden
 
-from certification import BOUND, check_certified, paths
+from certification import BOUND, check_certified, check_golden_certified, golden_ids, paths
 
 pytest.importorskip("mpmath")
 
@@ -144,16 +143,16 @@ def test_cancelling_formulations_are_certified():
 # Golden cases (refloss.golden.specs, by id) that float64 could not certify: the p = 3 gradient of nearly parallel
 # differences, the swap's min of distances 1e-31 apart, a shared radius whose gradient sums gaps of both signs;
 # and one the oracle got wrong (a hinge of an interval around 0, certified as an exact 0).
-HARD_GOLDEN = [
-    ("triplet_margin_loss", "typical-none-p=3.0-s0"),
-    ("triplet_margin_loss", "extreme-batchmean-swap=true-s0"),
-    ("triplet_margin_loss", "extreme-none-eps_placement=sum-s0"),
-    ("ring_loss", "extreme-none-loss_weight=0.01-s0"),
-]
+HARD_GOLDEN = {
+    "triplet_margin_loss": [
+        "typical-none-p=3.0-s0",
+        "extreme-batchmean-swap=true-s0",
+        "extreme-none-eps_placement=sum-s0",
+    ],
+    "ring_loss": ["extreme-none-loss_weight=0.01-s0"],
+}
 
 
-@pytest.mark.parametrize("name, case_id", HARD_GOLDEN)
+@pytest.mark.parametrize("name, case_id", golden_ids(HARD_GOLDEN))
 def test_golden_cases_that_float64_missed(name, case_id):
-    spec = next(s for s in golden.specs(refloss.get(name)) if s.id == case_id)
-    result = golden.certify(spec)
-    assert not result.failures, (result.failures, result.value_ulp, result.grad_ulp)
+    check_golden_certified(name, case_id)

@@ -10,9 +10,8 @@ import pytest
 
 import refloss
 import refloss.mp as rmp
-from refloss import golden
 
-from certification import BOUND, check_certified, paths
+from certification import BOUND, check_certified, check_golden_certified, golden_ids, paths
 
 pytest.importorskip("mpmath")
 
@@ -150,14 +149,12 @@ def test_gaussian_is_certified_where_it_cancels():
 
 # Golden cases (refloss.golden.specs, by id) that the float64 formulations could not certify: x - y log(x + eps)
 # near its root, and the variance's gradient (1 - d^2 / v) / 2 summed over a broadcast variance.
-HARD_GOLDEN = [
-    ("poisson_nll_loss", "typical-none-log_input=false-s0"),
-    ("gaussian_nll_loss", "typical-none-full=true-s0"),
-]
+HARD_GOLDEN = {
+    "poisson_nll_loss": ["typical-none-log_input=false-s0"],
+    "gaussian_nll_loss": ["typical-none-full=true-s0"],
+}
 
 
-@pytest.mark.parametrize("name, case_id", HARD_GOLDEN)
+@pytest.mark.parametrize("name, case_id", golden_ids(HARD_GOLDEN))
 def test_golden_cases_that_float64_missed(name, case_id):
-    spec = next(s for s in golden.specs(refloss.get(name)) if s.id == case_id)
-    result = golden.certify(spec)
-    assert not result.failures, (result.failures, result.value_ulp, result.grad_ulp)
+    check_golden_certified(name, case_id)

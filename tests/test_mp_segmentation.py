@@ -18,8 +18,9 @@ mpmath = pytest.importorskip("mpmath")
 
 import refloss  # noqa: E402
 import refloss.mp as rmp  # noqa: E402
-from refloss import golden  # noqa: E402
 from refloss.cases import Case, param_paths, sample  # noqa: E402
+
+from certification import check_golden_certified, golden_ids  # noqa: E402
 
 SEG = [loss for loss in refloss.catalog() if loss.family == "segmentation"]
 ULP = 4.0
@@ -95,22 +96,18 @@ def test_squared_denominators_with_targets_at_the_probabilities(name):
 # Golden cases (refloss.golden.specs, by id) that the float64 pipeline could not certify: soft targets under
 # the softmax backward (4 to 6 ulps), saturated logits (9000 ulps; a focal loss of 1e-263 from a Tversky
 # loss below the float64 range), and hard probabilities at Lovasz's |fg - p| kink (the oracle's).
-HARD_GOLDEN = [
-    ("dice_loss", "typical-mean-convention=keras-s0"),
-    ("dice_loss", "typical-none-convention=kornia_macro-s0"),
-    ("generalized_dice_loss", "typical-mean-defaults-s0"),
-    ("tversky_loss", "extreme-mean-include_background=false-s0"),
-    ("focal_tversky_loss", "extreme-batchmean-convention=monai-s0"),
-    ("focal_tversky_loss", "typical-sum-convention=optax-s0"),
-    ("lovasz_softmax_loss", "edge-none-activation=none-s0"),
-]
+HARD_GOLDEN = {
+    "dice_loss": ["typical-mean-convention=keras-s0", "typical-none-convention=kornia_macro-s0"],
+    "generalized_dice_loss": ["typical-mean-defaults-s0"],
+    "tversky_loss": ["extreme-mean-include_background=false-s0"],
+    "focal_tversky_loss": ["extreme-batchmean-convention=monai-s0", "typical-sum-convention=optax-s0"],
+    "lovasz_softmax_loss": ["edge-none-activation=none-s0"],
+}
 
 
-@pytest.mark.parametrize("name, case_id", HARD_GOLDEN)
+@pytest.mark.parametrize("name, case_id", golden_ids(HARD_GOLDEN))
 def test_golden_cases_that_float64_missed(name, case_id):
-    spec = next(s for s in golden.specs(refloss.get(name)) if s.id == case_id)
-    result = golden.certify(spec)
-    assert not result.failures, (result.failures, result.value_ulp, result.grad_ulp)
+    check_golden_certified(name, case_id)
 
 
 # ------------------------------------------------------------------------------------------------

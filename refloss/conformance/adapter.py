@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .case import Case, evaluate
+from .policy import DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,18 @@ class Convention:
     name: str
     doc: str
     transform: Callable
+    setting: tuple = ()  # ((parameter, value), ...) where the convention is a fixed parameter setting
+
+    @classmethod
+    def fixed(cls, name: str, doc: str, **setting) -> "Convention":
+        """The framework computes the same loss with ``setting`` fixed (an eps, a clamp, a placement):
+        predicted by re-evaluating the case with those parameters (:func:`override`)."""
+        return cls(name, doc, override(**setting), tuple(setting.items()))
+
+    def unless_defined(self, case: Case) -> tuple:
+        """The conventions to try for ``case``: none where the case is already defined with the
+        framework's setting (its exact values are the framework's), else this one."""
+        return () if self.setting and all(case.params[k] == v for k, v in self.setting) else (self,)
 
     def predict(self, case: Case):
         from ..loss import get
@@ -64,6 +77,23 @@ def override(**changes) -> Callable:
     return transform
 
 
+def reduction_glue(total: str, mean: str, mean_over_elements: str | None = None) -> dict:
+    """refloss's reductions applied in framework code to an unreduced ``out``, ``{reduction: code line}``.
+
+    The rule is written here once (``batchmean`` is the sum divided by the batch size, the leading
+    dimension; ``sum_over_batch_size`` the mean over every element); an adapter gives its framework's
+    spelling of the sum and the mean of ``out`` (``mean_over_elements``, when it spells the latter
+    otherwise). The line is part of the reproducer.
+    """
+    return {
+        "none": "",
+        "sum": f"out = {total}",
+        "mean": f"out = {mean}",
+        "batchmean": f"out = {total} / out.shape[0]",
+        "sum_over_batch_size": f"out = {mean_over_elements or mean}",
+    }
+
+
 @dataclasses.dataclass
 class Call:
     """The framework code for one case: ``code`` computes ``out`` from ``reads`` (inputs, array
@@ -80,6 +110,12 @@ class Call:
     def source(self) -> str:
         body = "\n".join("    " + line for line in self.code.strip("\n").splitlines())
         return f"def f({', '.join(self.reads)}):\n{body}\n    return out\n"
+
+
+def by_name(*mappings: Callable, **named: Callable) -> dict:
+    """An adapter's ``mappings``: each function under its own name (a mapping is named after the
+    refloss loss it maps), and ``named`` ones (made by a factory) under theirs."""
+    return {**{m.__name__: m for m in mappings}, **named}
 
 
 def literal(x) -> str:
@@ -100,15 +136,21 @@ def _short(x: np.ndarray, limit: int = 64) -> str:
 
 class Adapter:
     """Base of the framework adapters. A subclass sets ``name``, ``packages`` (distributions named in
-    the report), ``dtypes``, ``header`` (import lines, executed and printed) and ``mappings``, and
-    implements the framework hooks: :meth:`load`, :meth:`array`, :meth:`autodiff`, :meth:`numpy`,
-    :meth:`render_array`, :meth:`render_autodiff`, :meth:`unsupported`."""
+    the report), ``dtypes`` (where the framework lacks one of the target dtypes), ``header``
+    (import lines, executed and printed) and ``mappings``, and
+    implements the framework hooks: :meth:`load`, :meth:`tensor`, :meth:`cast`, :meth:`autodiff`,
+    :meth:`numpy`, :meth:`render_autodiff`, :meth:`unsupported`, and sets the templates
+    :attr:`tensor_code` and :attr:`cast_code`."""
 
     name = "?"
     packages: tuple = ()
-    dtypes: tuple = ()
+    dtypes: tuple = DTYPES
     header = ""
     mappings: dict = {}
+    #: Code templates of :meth:`tensor` (``{values}`` a literal, ``{dtype}`` float64 or int64) and of
+    #: :meth:`cast` (``{expr}`` to ``{dtype}``), for the reproducer.
+    tensor_code = ""
+    cast_code = ""
 
     def __init__(self):
         self._functions: dict = {}
@@ -119,8 +161,12 @@ class Adapter:
         """Import the framework (raises ImportError when it is not installed)."""
         raise NotImplementedError
 
-    def array(self, x: np.ndarray, dtype: str | None):
-        """The framework array of ``x``: floats cast to ``dtype`` (exact), integers as int64."""
+    def tensor(self, x: np.ndarray):
+        """The framework array holding ``x`` as it is (float64 or int64)."""
+        raise NotImplementedError
+
+    def cast(self, x, dtype: str):
+        """The framework array ``x`` cast to the framework's ``dtype`` (named as in :attr:`dtypes`)."""
         raise NotImplementedError
 
     def autodiff(self, f, args: list, wrt: list, cot):
@@ -128,9 +174,6 @@ class Adapter:
         raise NotImplementedError
 
     def numpy(self, x) -> np.ndarray:
-        raise NotImplementedError
-
-    def render_array(self, name: str, x: np.ndarray, dtype: str | None, grad: bool) -> str:
         raise NotImplementedError
 
     def render_autodiff(self, reads: tuple, wrt: tuple, cot: bool) -> str:
@@ -141,6 +184,19 @@ class Adapter:
         return False
 
     # -- shared ------------------------------------------------------------------------------------
+    def array(self, x: np.ndarray, dtype: str | None):
+        """The framework array of ``x``: floats cast to ``dtype`` (exact), integers as int64."""
+        if x.dtype.kind in "iub":
+            return self.tensor(np.asarray(x, dtype=np.int64))
+        return self.cast(self.tensor(np.asarray(x, dtype=np.float64)), dtype)
+
+    def render_array(self, name: str, x: np.ndarray, dtype: str | None, grad: bool) -> str:
+        """The line making ``name`` as :meth:`array` makes it, by the templates :attr:`tensor_code`
+        and :attr:`cast_code` (``grad``: the framework differentiates it)."""
+        if dtype is None:
+            return f"{name} = " + self.tensor_code.format(values=literal(x), dtype="int64")
+        return f"{name} = " + self.cast_code.format(expr=self.tensor_code.format(values=literal(x), dtype="float64"), dtype=dtype)
+
     def version(self) -> str:
         from importlib.metadata import PackageNotFoundError, version
 

@@ -14,16 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adapter import Adapter, Call, Convention, NotOffered, literal, override
+from .adapter import Adapter, Call, Convention, NotOffered, by_name, literal, reduction_glue
 from .case import Case
 
-_GLUE = {
-    "none": "",
-    "sum": "out = out.sum()",
-    "mean": "out = out.mean()",
-    "batchmean": "out = out.sum() / out.shape[0]",
-    "sum_over_batch_size": "out = out.mean()",
-}
+_GLUE = reduction_glue("out.sum()", "out.mean()")
 O = "optax.losses."
 
 
@@ -110,11 +104,8 @@ def softmax_cross_entropy(case: Case):
                  ("logits", "target"), pre=pre)
 
 
-EPS_SUM = Convention(
-    "optax_eps_sum",
-    "optax's triplet_margin_loss adds eps inside the sum, (sum |a - p|^p + eps)^(1/p) (frameworks.md 5.15)",
-    override(eps_placement="sum"),
-)
+EPS_SUM = Convention.fixed("optax_eps_sum", "optax's triplet_margin_loss adds eps inside the sum, "
+                           "(sum |a - p|^p + eps)^(1/p) (frameworks.md 5.15)", eps_placement="sum")
 
 
 def triplet_margin_loss(case: Case):
@@ -122,8 +113,8 @@ def triplet_margin_loss(case: Case):
     if p["swap"]:
         return NotOffered("optax's triplet_margin_loss has no swap")
     args = f"anchor, positive, negative, norm_degree={literal(p['p'])}, margin={literal(p['margin'])}, eps={literal(p['eps'])}"
-    conv = () if p["eps_placement"] == "sum" else (EPS_SUM,)
-    return _call(O + "triplet_margin_loss", case, args, ("anchor", "positive", "negative"), ("anchor", "positive", "negative"), conv)
+    return _call(O + "triplet_margin_loss", case, args, ("anchor", "positive", "negative"), ("anchor", "positive", "negative"),
+                 EPS_SUM.unless_defined(case))
 
 
 def huber_loss(case: Case):
@@ -152,21 +143,11 @@ def soft_margin_loss(case: Case):
 class JaxAdapter(Adapter):
     name = "jax"
     packages = ("jax", "jaxlib", "optax")
-    dtypes = ("float64", "float32", "float16", "bfloat16")
     header = 'import jax\nimport jax.numpy as jnp\nimport optax\njax.config.update("jax_enable_x64", True)'
-    mappings = {
-        "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
-        "crammer_singer_hinge_loss": crammer_singer_hinge_loss,
-        "cross_entropy": cross_entropy,
-        "kl_div": kl_div,
-        "sigmoid_focal_loss": sigmoid_focal_loss,
-        "softmax_cross_entropy": softmax_cross_entropy,
-        "triplet_margin_loss": triplet_margin_loss,
-        "huber_loss": huber_loss,
-        "log_cosh_loss": log_cosh_loss,
-        "mse_loss": mse_loss,
-        "soft_margin_loss": soft_margin_loss,
-    }
+    mappings = by_name(
+        binary_cross_entropy_with_logits, crammer_singer_hinge_loss, cross_entropy, kl_div, sigmoid_focal_loss,
+        softmax_cross_entropy, triplet_margin_loss, huber_loss, log_cosh_loss, mse_loss, soft_margin_loss,
+    )
 
     def load(self):
         import jax
@@ -178,11 +159,11 @@ class JaxAdapter(Adapter):
         self.jax, self.jnp = jax, jnp
         self._jitted = {}
 
-    def array(self, x, dtype):
-        jnp = self.jnp
-        if x.dtype.kind in "iub":
-            return jnp.asarray(np.asarray(x, dtype=np.int64))
-        return jnp.asarray(np.asarray(x, dtype=np.float64)).astype(getattr(jnp, dtype))
+    def tensor(self, x):
+        return self.jnp.asarray(x)
+
+    def cast(self, x, dtype):
+        return x.astype(getattr(self.jnp, dtype))
 
     def autodiff(self, f, args, wrt, cot):
         # Under jax.jit, as JAX code runs in practice (one compilation per shape and dtype).
@@ -210,10 +191,8 @@ class JaxAdapter(Adapter):
     def numpy(self, x):
         return np.asarray(self.jnp.asarray(x).astype(self.jnp.float64))
 
-    def render_array(self, name, x, dtype, grad):
-        if dtype is None:
-            return f"{name} = jnp.asarray({literal(x)}, dtype=jnp.int64)"
-        return f"{name} = jnp.asarray({literal(x)}, dtype=jnp.float64).astype(jnp.{dtype})"
+    tensor_code = "jnp.asarray({values}, dtype=jnp.{dtype})"
+    cast_code = "{expr}.astype(jnp.{dtype})"
 
     def render_autodiff(self, reads, wrt, cot):
         seed = "cotangent" if cot else "jnp.ones_like(out)"

@@ -20,17 +20,10 @@ import os
 
 import numpy as np
 
-from .adapter import Adapter, Call, Convention, NotOffered, literal, override
+from .adapter import Adapter, Call, Convention, NotOffered, by_name, literal, override, reduction_glue
 from .case import Case
 
-_DTYPES = {"float64": "tf.float64", "float32": "tf.float32", "float16": "tf.float16", "bfloat16": "tf.bfloat16"}
-_GLUE = {
-    "none": "",
-    "sum": "out = tf.reduce_sum(out)",
-    "mean": "out = tf.reduce_mean(out)",
-    "batchmean": "out = tf.reduce_sum(out) / out.shape[0]",
-    "sum_over_batch_size": "out = tf.reduce_mean(out)",
-}
+_GLUE = reduction_glue("tf.reduce_sum(out)", "tf.reduce_mean(out)")
 # refloss reduction -> Keras reduction (and glue on Keras' unreduced output where Keras lacks it)
 _KERAS = {"none": ("None", ""), "sum": ('"sum"', ""), "mean": ('"sum_over_batch_size"', ""),
           "sum_over_batch_size": ('"sum_over_batch_size"', ""), "batchmean": ("None", _GLUE["batchmean"])}
@@ -63,18 +56,14 @@ def _reads(case: Case, *names) -> tuple:
     return tuple(n for n in names if n in case.inputs or case.params.get(n) is not None)
 
 
-PROBABILITY_CLIP = Convention(
-    "keras_probability_clip",
-    "Keras clips probabilities to [1e-7, 1 - 1e-7] before the logs (frameworks.md 3.2, 5.6)",
-    override(clamp="keras"),
-)
+PROBABILITY_CLIP = Convention.fixed("keras_probability_clip", "Keras clips probabilities to [1e-7, 1 - 1e-7] before "
+                                    "the logs (frameworks.md 3.2, 5.6)", clamp="keras")
 
 
 def binary_cross_entropy(case: Case):
-    p = case.params
-    conv = () if p["clamp"] == "keras" else (PROBABILITY_CLIP,)
-    return _keras("BinaryCrossentropy", case, f"from_logits=False, label_smoothing={literal(p['label_smoothing'])}",
-                  "target", "input", _reads(case, "input", "target", "weight"), ("input", "target"), conv, _weight(case))
+    return _keras("BinaryCrossentropy", case, f"from_logits=False, label_smoothing={literal(case.params['label_smoothing'])}",
+                  "target", "input", _reads(case, "input", "target", "weight"), ("input", "target"),
+                  PROBABILITY_CLIP.unless_defined(case), _weight(case))
 
 
 def binary_cross_entropy_with_logits(case: Case):
@@ -154,11 +143,8 @@ def kl_div(case: Case):
     return _keras("KLDivergence", case, "", "target", "input", ("input", "target"), ("input", "target"))
 
 
-POISSON_EPS = Convention(
-    "keras_poisson_eps",
-    "Keras' Poisson computes p - y log(p + 1e-7) (frameworks.md 3.2, 5.18)",
-    override(eps=1e-7),
-)
+POISSON_EPS = Convention.fixed("keras_poisson_eps", "Keras' Poisson computes p - y log(p + 1e-7) (frameworks.md 3.2, 5.18)",
+                               eps=1e-7)
 
 
 def poisson_nll_loss(case: Case):
@@ -168,8 +154,7 @@ def poisson_nll_loss(case: Case):
                      ("input", "target"), ("input",))
     if p["full"]:
         return NotOffered("Keras' Poisson (a rate input) has no Stirling term")
-    conv = () if p["eps"] == 1e-7 else (POISSON_EPS,)
-    return _keras("Poisson", case, "", "target", "input", ("input", "target"), ("input",), conv)
+    return _keras("Poisson", case, "", "target", "input", ("input", "target"), ("input",), POISSON_EPS.unless_defined(case))
 
 
 def huber_loss(case: Case):
@@ -190,21 +175,12 @@ def _plain(cls: str):
 class TensorflowAdapter(Adapter):
     name = "tensorflow"
     packages = ("tensorflow-cpu", "tensorflow", "keras")
-    dtypes = ("float64", "float32", "float16", "bfloat16")
     header = "import tensorflow as tf\nimport keras"
-    mappings = {
-        "binary_cross_entropy": binary_cross_entropy,
-        "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
-        "weighted_binary_cross_entropy": weighted_binary_cross_entropy,
-        "cross_entropy": cross_entropy,
-        "softmax_cross_entropy": softmax_cross_entropy,
-        "kl_div": kl_div,
-        "poisson_nll_loss": poisson_nll_loss,
-        "huber_loss": huber_loss,
-        "l1_loss": _plain("MeanAbsoluteError"),
-        "mse_loss": _plain("MeanSquaredError"),
-        "log_cosh_loss": _plain("LogCosh"),
-    }
+    mappings = by_name(
+        binary_cross_entropy, binary_cross_entropy_with_logits, weighted_binary_cross_entropy, cross_entropy,
+        softmax_cross_entropy, kl_div, poisson_nll_loss, huber_loss, l1_loss=_plain("MeanAbsoluteError"),
+        mse_loss=_plain("MeanSquaredError"), log_cosh_loss=_plain("LogCosh"),
+    )
 
     def version(self) -> str:
         return ", ".join(v for v in super().version().split(", ") if "not installed" not in v)
@@ -217,11 +193,11 @@ class TensorflowAdapter(Adapter):
 
         self.tf = tf
 
-    def array(self, x, dtype):
-        tf = self.tf
-        if x.dtype.kind in "iub":
-            return tf.constant(np.asarray(x, dtype=np.int64))
-        return tf.cast(tf.constant(np.asarray(x, dtype=np.float64)), getattr(tf, dtype))
+    def tensor(self, x):
+        return self.tf.constant(x)
+
+    def cast(self, x, dtype):
+        return self.tf.cast(x, getattr(self.tf, dtype))
 
     def autodiff(self, f, args, wrt, cot):
         tf = self.tf
@@ -244,10 +220,8 @@ class TensorflowAdapter(Adapter):
         return ("Could not find device for node" in text or "not in list of allowed values" in text
                 or "No registered" in text and "OpKernel" in text)
 
-    def render_array(self, name, x, dtype, grad):
-        if dtype is None:
-            return f"{name} = tf.constant({literal(x)}, dtype=tf.int64)"
-        return f"{name} = tf.cast(tf.constant({literal(x)}, dtype=tf.float64), {_DTYPES[dtype]})"
+    tensor_code = "tf.constant({values}, dtype=tf.{dtype})"
+    cast_code = "tf.cast({expr}, tf.{dtype})"
 
     def render_autodiff(self, reads, wrt, cot):
         seed = "cotangent" if cot else "None"

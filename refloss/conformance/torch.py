@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adapter import Adapter, Call, Convention, NotOffered, literal, override
+from .adapter import Adapter, Call, Convention, NotOffered, by_name, literal, reduction_glue
 from .case import Case
 
-_DTYPES = {"float64": "torch.float64", "float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
-_GLUE = {  # refloss reductions applied to PyTorch's reduction='none' output where it lacks them
-    "sum": "out = out.sum()",
-    "mean": "out = out.mean()",  # only where refloss's mean is the element count (no weights)
-    "batchmean": "out = out.sum() / out.shape[0]",
-    "sum_over_batch_size": "out = out.sum() / out.numel()",
-}
+# refloss reductions applied to PyTorch's reduction='none' output where it lacks them ("mean" only where
+# refloss's mean is over the element count: no weights)
+_GLUE = reduction_glue("out.sum()", "out.mean()", mean_over_elements="out.sum() / out.numel()")
 
 
 def reduction(case: Case, native=("none", "mean", "sum")) -> tuple[str, str]:
@@ -92,18 +88,15 @@ def softplus_logsumexp_loss(case: Case):
     return fn(F + "cross_entropy", case, ("logits", "target"), ("logits",), {})
 
 
-LOG_CLAMP = Convention(
-    "torch_log_clamp",
-    "binary_cross_entropy clamps each log at -100 (BCE(0, 1) = 100; frameworks.md 1.4, 5.6)",
-    override(clamp="torch"),
-)
+LOG_CLAMP = Convention.fixed("torch_log_clamp", "binary_cross_entropy clamps each log at -100 (BCE(0, 1) = 100; "
+                             "frameworks.md 1.4, 5.6)", clamp="torch")
 
 
 def binary_cross_entropy(case: Case):
     if case.params["label_smoothing"]:
         return NotOffered("PyTorch's binary_cross_entropy has no label smoothing")
-    conv = () if case.params["clamp"] == "torch" else (LOG_CLAMP,)
-    return fn(F + "binary_cross_entropy", case, ("input", "target"), ("input", "target"), _arrays(case, "weight"), conventions=conv)
+    return fn(F + "binary_cross_entropy", case, ("input", "target"), ("input", "target"), _arrays(case, "weight"),
+              conventions=LOG_CLAMP.unless_defined(case))
 
 
 def binary_cross_entropy_with_logits(case: Case):
@@ -163,19 +156,15 @@ def margin_ranking_loss(case: Case):
               {"margin": case.params["margin"]})
 
 
-EPS_DIFFERENCE = Convention(
-    "torch_eps_difference",
-    "triplet_margin_loss adds eps to every coordinate of the difference, ||a - p + eps||_p (frameworks.md 5.15)",
-    override(eps_placement="difference"),
-)
+EPS_DIFFERENCE = Convention.fixed("torch_eps_difference", "triplet_margin_loss adds eps to every coordinate of the "
+                                  "difference, ||a - p + eps||_p (frameworks.md 5.15)", eps_placement="difference")
 
 
 def triplet_margin_loss(case: Case):
     p = case.params
     kw = {"margin": p["margin"], "p": p["p"], "eps": p["eps"], "swap": p["swap"]}
-    conv = () if p["eps_placement"] == "difference" else (EPS_DIFFERENCE,)
     return fn(F + "triplet_margin_loss", case, ("anchor", "positive", "negative"), ("anchor", "positive", "negative"), kw,
-              conventions=conv)
+              conventions=EPS_DIFFERENCE.unless_defined(case))
 
 
 def gaussian_nll_loss(case: Case):
@@ -265,48 +254,27 @@ def sigmoid_focal_loss(case: Case):
 class TorchAdapter(Adapter):
     name = "torch"
     packages = ("torch",)
-    dtypes = ("float64", "float32", "float16", "bfloat16")
     header = "import torch"
-    mappings = {
-        "cross_entropy": cross_entropy,
-        "nll_loss": nll_loss,
-        "softmax_cross_entropy": softmax_cross_entropy,
-        "softplus_logsumexp_loss": softplus_logsumexp_loss,
-        "binary_cross_entropy": binary_cross_entropy,
-        "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
-        "weighted_binary_cross_entropy": weighted_binary_cross_entropy,
-        "kl_div": kl_div,
-        "multi_margin_loss": multi_margin_loss,
-        "multiclass_hinge_loss": multiclass_hinge_loss,
-        "multilabel_margin_loss": multilabel_margin_loss,
-        "multilabel_soft_margin_loss": multilabel_soft_margin_loss,
-        "soft_margin_loss": soft_margin_loss,
-        "cosine_embedding_loss": cosine_embedding_loss,
-        "hinge_embedding_loss": hinge_embedding_loss,
-        "margin_ranking_loss": margin_ranking_loss,
-        "triplet_margin_loss": triplet_margin_loss,
-        "gaussian_nll_loss": gaussian_nll_loss,
-        "huber_loss": huber_loss,
-        "l1_loss": _weighted(F + "l1_loss"),
-        "mse_loss": _weighted(F + "mse_loss"),
-        "poisson_nll_loss": poisson_nll_loss,
-        "smooth_l1_loss": smooth_l1_loss,
-        "giou_loss": _box("generalized_box_iou_loss"),
-        "diou_loss": _box("distance_box_iou_loss"),
-        "ciou_loss": _box("complete_box_iou_loss"),
-        "sigmoid_focal_loss": sigmoid_focal_loss,
-    }
+    mappings = by_name(
+        cross_entropy, nll_loss, softmax_cross_entropy, softplus_logsumexp_loss, binary_cross_entropy,
+        binary_cross_entropy_with_logits, weighted_binary_cross_entropy, kl_div, multi_margin_loss,
+        multiclass_hinge_loss, multilabel_margin_loss, multilabel_soft_margin_loss, soft_margin_loss,
+        cosine_embedding_loss, hinge_embedding_loss, margin_ranking_loss, triplet_margin_loss, gaussian_nll_loss,
+        huber_loss, poisson_nll_loss, smooth_l1_loss, sigmoid_focal_loss, l1_loss=_weighted(F + "l1_loss"),
+        mse_loss=_weighted(F + "mse_loss"), giou_loss=_box("generalized_box_iou_loss"),
+        diou_loss=_box("distance_box_iou_loss"), ciou_loss=_box("complete_box_iou_loss"),
+    )
 
     def load(self):
         import torch
 
         self.torch = torch
 
-    def array(self, x, dtype):
-        torch = self.torch
-        if x.dtype.kind in "iub":
-            return torch.tensor(np.asarray(x, dtype=np.int64))
-        return torch.tensor(np.asarray(x, dtype=np.float64)).to(getattr(torch, dtype))
+    def tensor(self, x):
+        return self.torch.tensor(x)
+
+    def cast(self, x, dtype):
+        return x.to(getattr(self.torch, dtype))
 
     def autodiff(self, f, args, wrt, cot):
         torch = self.torch
@@ -324,10 +292,13 @@ class TorchAdapter(Adapter):
     def unsupported(self, exc):
         return isinstance(exc, (RuntimeError, NotImplementedError)) and "not implemented for" in str(exc)
 
+    tensor_code = "torch.tensor({values}, dtype=torch.{dtype})"
+    cast_code = "{expr}.to(torch.{dtype})"
+
     def render_array(self, name, x, dtype, grad):
-        if dtype is None:
-            return f"{name} = torch.tensor({literal(x)}, dtype=torch.int64)"
-        return f"{name} = torch.tensor({literal(x)}, dtype=torch.float64).to({_DTYPES[dtype]})" + (".requires_grad_()" if grad else "")
+        # torch.autograd.grad needs the leaves marked (the other frameworks trace from the call)
+        line = super().render_array(name, x, dtype, grad)
+        return line + ".requires_grad_()" if grad and dtype is not None else line
 
     def render_autodiff(self, reads, wrt, cot):
         seed = "cotangent" if cot else "torch.ones_like(out)"

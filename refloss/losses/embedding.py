@@ -971,7 +971,8 @@ def _lp_unit_difference(xp, v, w, delta, p, e):
     bv, sv = _col(xp, xp.sum(pow_v, axis=1) + e), _col(xp, s)
     num, num_lo = _two_prod(xp, b, bv)
     num, num_lo2 = _two_sum(xp, num, -sv * xp.ones_like(num))
-    x = xp.where(same, (num + (num_lo + num_lo2)) / (bv + sv), xp.zeros_like(num))
+    den = bv + sv
+    x = xp.where(same, (num + (num_lo + num_lo2)) / xp.where(same, den, xp.ones_like(den)), xp.zeros_like(num))
     return xp.where(same, -g_v * _pow1pm1(xp, x, (q, p)), plain)
 
 
@@ -997,8 +998,11 @@ def _pow1pm1(xp, a, r):
     h = h * a0
     ra, ra_lo = _two_prod(xp, xp.full_like(a0, r), a0)
     series = ra + (ra_lo + r_lo * a0 + ra * h)
-    big = xp.where(small, xp.zeros_like(a), a)
-    return xp.where(small, series, xp.expm1(r * xp.log1p(big)))
+    live = ~small & (a > -1)
+    big = xp.where(live, a, xp.zeros_like(a))  # no log1p(-1) formed: the limit at a = -1 is taken below
+    at_minus_one = xp.full_like(a, -1.0 if r > 0 else (0.0 if r == 0 else math.inf))
+    edge = xp.where(a == -1, at_minus_one, xp.full_like(a, math.nan))
+    return xp.where(small, series, xp.where(live, xp.expm1(r * xp.log1p(big)), edge))
 
 
 def _lp_grad(xp, v, p, e=0.0):
