@@ -3,7 +3,7 @@ and CuPy alike (``m`` is the array module). The kernels themselves (Numba, CUDA)
 
 - :func:`cross_entropy_plan`: rows, labels, the smoothed target mass, the class weights;
 - :func:`margin_plan`: a margin loss's logits ``s cos`` with the target logit ``s psi(c)``, and what
-  its backward needs (margin_losses.md section 0; the float64 arithmetic of backends/numba/_margin.py);
+  its backward needs (margin_losses.md section 0), in float64;
 - :data:`FOCAL_MODES`: the sigmoid-focal exponents the elementwise kernels take.
 
 A plan function returns ``None`` where its kernels do not cover the call; the portable code runs.
@@ -33,6 +33,16 @@ def flat(m, a, shape, dtype):
 def per_sample(m, values, shape, dtype):
     """A cotangent (or any per-sample array broadcastable to ``shape``) as a flat float64 array."""
     return flat(m, m.asarray(values, dtype=dtype), shape, "float64")
+
+
+def cotangent(m, values, shape, dtype):
+    """A cotangent as the elementwise kernels read it: ``(flat float64 array, uniform)``. A cotangent
+    that is one value for every element (a broadcast scalar: what ``sum`` and the means give) is that
+    value alone, a length-1 array, rather than a materialised copy as large as the input."""
+    values = m.asarray(values, dtype=dtype)
+    if values.size and all(stride == 0 for stride in values.strides):
+        return m.asarray(values[(0,) * values.ndim], dtype="float64").reshape(1), True
+    return per_sample(m, values, shape, dtype), False
 
 
 def as_rows(m, x):
@@ -113,7 +123,8 @@ def _unit_rows(m, v):
 
 
 def tangent(m, g, unit, norm):
-    """Backward of the row normalisation: ``(g - (g . v_hat) v_hat) / |v|``."""
+    """Backward of the row normalisation: ``(g - (g . v_hat) v_hat) / |v|`` (fused on the CPU in
+    backends/numba/_margin.py)."""
     return (g - m.sum(g * unit, axis=1, keepdims=True) * unit) / norm
 
 

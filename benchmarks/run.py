@@ -38,15 +38,13 @@ FRAMEWORKS = ("torch", "jax", "tensorflow")
 
 
 def timed(fn, reps, warmup=1, slow=2.0):
-    """Median and minimum seconds of ``fn()`` over ``reps`` calls after ``warmup`` calls (one call
-    only for a call slower than ``slow`` seconds: the portable code at these sizes)."""
-    start = time.perf_counter()
+    """Median and minimum seconds of ``fn()`` over ``reps`` calls after ``warmup`` untimed calls (which
+    take the compilation: JIT tracing, Numba's cache); a first timed call slower than ``slow`` seconds
+    (the portable code at these sizes) is the only one."""
     for _ in range(warmup):
         fn()
-    first = (time.perf_counter() - start) / max(warmup, 1)
-    n = reps if first < slow else 1
     times = []
-    for _ in range(n):
+    while len(times) < reps and not (times and times[0] > slow):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)

@@ -293,13 +293,18 @@ def reduce(xp, unreduced, reduction, mean_weight=None):
 
 
 def reduce_vjp(xp, cotangent, unreduced, reduction, mean_weight=None):
-    """The cotangent of the unreduced loss, given the cotangent of :func:`reduce`'s output."""
+    """The cotangent of the unreduced loss, given the cotangent of :func:`reduce`'s output.
+
+    Under ``sum`` and the means it is one value for every element: computed once, at the shape of
+    ``cotangent`` (with ``unreduced``'s dtype promotion), and returned as a read-only broadcast view
+    of ``unreduced``'s shape, which costs no memory (a fused kernel reads the single value).
+    """
     if reduction == "none":
         return cotangent
-    g = xp.ones_like(unreduced) * cotangent
-    if reduction == "sum":
-        return g
-    return _divide(xp, g, _normaliser(xp, unreduced, reduction, mean_weight))
+    g = xp.ones((), dtype=unreduced.dtype, device=array_api_compat.device(unreduced)) * cotangent
+    if reduction != "sum":
+        g = _divide(xp, g, _normaliser(xp, unreduced, reduction, mean_weight))
+    return xp.broadcast_to(g, unreduced.shape)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _plan
-from . import _elementwise, _softmax, _triplet
+from . import _elementwise, _margin, _softmax, _triplet
 
 
 class _Kernel:
@@ -64,9 +64,11 @@ class _Margin(_Kernel):
         loss = loss.astype(np.float32)
         if not want:
             return loss
-        gx = _plan.tangent(np, np.matmul(grad, plan["wh"]), plan["xh"], plan["xn"])
-        gw = _plan.tangent(np, np.matmul(grad.T, plan["xh"]), plan["wh"], plan["wn"])
-        return loss, (gx.astype(np.float32), None, gw.astype(np.float32))
+        gx = np.empty(features.shape, np.float32)
+        gw = np.empty(weights.shape, np.float32)
+        _margin.tangent(np.matmul(grad, plan["wh"]), plan["xh"], plan["xn"], gx)
+        _margin.tangent(np.matmul(grad.T, plan["xh"]), plan["wh"], plan["wn"], gw)
+        return loss, (gx, None, gw)
 
 
 def _binary_inputs(logits, target):
@@ -92,14 +94,12 @@ class _BCEWithLogits(_Kernel):
         pw = dummy if pw is None else _plan.flat(np, pw, shape, dtype)
         eps = params["label_smoothing"]
         want = cot_for is not None
-        cot = _plan.per_sample(np, cot_for(np.empty(shape, dtype)), shape, dtype) if want else np.zeros(1)
+        cot, uniform = _plan.cotangent(np, cot_for(np.empty(shape, dtype)), shape, dtype) if want else (np.zeros(1), True)
         loss = np.empty(x.size, dtype)
         dx = np.empty_like(loss) if want else dummy
         dy = np.empty_like(loss) if want else dummy
-        _elementwise.bce_with_logits(
-            x, y, w, params["weight"] is not None, pw, params["pos_weight"] is not None,
-            float(dtype.type(1 - eps)), float(dtype.type(eps / 2)), bool(eps), 1.0 - eps, cot, want, loss, dx, dy,
-        )
+        kernel = _elementwise.bce_with_logits(params["weight"] is not None, params["pos_weight"] is not None, uniform, want)
+        kernel(x, y, w, pw, float(dtype.type(1 - eps)), float(dtype.type(eps / 2)), 1.0 - eps, cot, loss, dx, dy)
         loss = loss.reshape(shape)
         return (loss, (dx.reshape(shape), dy.reshape(shape))) if want else loss
 
@@ -118,10 +118,10 @@ class _SigmoidFocal(_Kernel):
         alpha = params["alpha"]
         a_pos, a_neg = (1.0, 1.0) if alpha is None else (float(alpha), float(1.0 - alpha))
         want = cot_for is not None
-        cot = _plan.per_sample(np, cot_for(np.empty(shape, dtype)), shape, dtype) if want else np.zeros(1)
+        cot, uniform = _plan.cotangent(np, cot_for(np.empty(shape, dtype)), shape, dtype) if want else (np.zeros(1), True)
         loss = np.empty(x.size, dtype)
         dx = np.empty_like(loss) if want else np.zeros(1, dtype)
-        _elementwise.sigmoid_focal(x, y, a_pos, a_neg, gamma, _plan.FOCAL_MODES[gamma], cot, want, loss, dx)
+        _elementwise.sigmoid_focal(_plan.FOCAL_MODES[gamma], uniform, want)(x, y, a_pos, a_neg, gamma, cot, loss, dx)
         loss = loss.reshape(shape)
         return (loss, (dx.reshape(shape), None)) if want else loss
 

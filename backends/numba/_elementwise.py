@@ -22,6 +22,8 @@ are independent, so the ``prange`` over them gives the same bits for any thread 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -50,27 +52,39 @@ def _parts(x, zero, one):
     return sp_pos, sp_neg, sig_pos, sig_neg
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def bce_with_logits(x, y, w, has_w, pw, has_pw, keep_hi, eps_half, smooth, one_minus_eps, cot, want_grad, loss, dx, dy):
-    """Flat, equally long arrays (``w``, ``pw`` materialised broadcasts, or length-1 dummies); the
-    scalars are the input dtype's values of ``1 - eps``, ``eps / 2``."""
-    t = x.dtype.type
-    zero, one = t(0.0), t(1.0)
-    keep_hi, eps_half, one_minus_eps = t(keep_hi), t(eps_half), t(one_minus_eps)
-    for i in prange(x.size):
-        xi = x[i]
-        yi = y[i]
-        if smooth:
-            yi = keep_hi * yi + eps_half
-        pwi = pw[i] if has_pw else one
-        sp_pos, sp_neg, sig_pos, sig_neg = _parts(xi, zero, one)
-        term = _xmul(pwi * yi, sp_neg, zero) + _xmul(one - yi, sp_pos, zero)
-        wi = w[i] if has_w else one
-        loss[i] = wi * term if has_w else term
-        if want_grad:
-            g = t(cot[i]) * wi
-            dx[i] = g * (-pwi * yi * sig_neg + (one - yi) * sig_pos)
-            dy[i] = (g * one_minus_eps) * (pwi * sp_neg - sp_pos)
+# The kernels are built per combination of the flags a call fixes (weights present, one cotangent for
+# every element, gradient wanted, focal exponent): a flag tested inside the loop would be a
+# conditional load (of a length-1 dummy) that LLVM cannot vectorize. The flags are closure constants,
+# which Numba folds at compile time and keys its on-disk cache on; each variant compiles once.
+
+
+@functools.lru_cache(maxsize=None)
+def bce_with_logits(has_w, has_pw, uniform_cot, want_grad):
+    """The BCE-with-logits kernel for these flags: ``(x, y, w, pw, keep_hi, eps_half, one_minus_eps,
+    cot, loss, dx, dy)`` with flat, equally long arrays (``w``, ``pw`` materialised broadcasts, or
+    length-1 dummies; ``cot`` one value when ``uniform_cot``); the scalars are the input dtype's values
+    of ``1 - eps`` and ``eps / 2`` (0 and 1 without smoothing, which leave ``y`` as it is)."""
+
+    @njit(cache=True, parallel=True, error_model="numpy")
+    def kernel(x, y, w, pw, keep_hi, eps_half, one_minus_eps, cot, loss, dx, dy):
+        t = x.dtype.type
+        zero, one = t(0.0), t(1.0)
+        keep_hi, eps_half, one_minus_eps = t(keep_hi), t(eps_half), t(one_minus_eps)
+        cot0 = t(cot[0])
+        for i in prange(x.size):
+            xi = x[i]
+            yi = keep_hi * y[i] + eps_half
+            pwi = pw[i] if has_pw else one
+            sp_pos, sp_neg, sig_pos, sig_neg = _parts(xi, zero, one)
+            term = _xmul(pwi * yi, sp_neg, zero) + _xmul(one - yi, sp_pos, zero)
+            wi = w[i] if has_w else one
+            loss[i] = wi * term if has_w else term
+            if want_grad:
+                g = (cot0 if uniform_cot else t(cot[i])) * wi
+                dx[i] = g * (-pwi * yi * sig_neg + (one - yi) * sig_pos)
+                dy[i] = (g * one_minus_eps) * (pwi * sp_neg - sp_pos)
+
+    return kernel
 
 
 @njit(inline="always", error_model="numpy")
@@ -87,19 +101,27 @@ def _power(v, mode, one):
     return np.sqrt(v)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def sigmoid_focal(x, y, a_pos, a_neg, gamma, mode, cot, want_grad, loss, dx):
-    t = x.dtype.type
-    zero, one = t(0.0), t(1.0)
-    a_pos, a_neg, gamma = t(a_pos), t(a_neg), t(gamma)
-    for i in prange(x.size):
-        xi = x[i]
-        yi = y[i]
-        sp_pos, sp_neg, p, q = _parts(xi, zero, one)
-        qg = _power(q, mode, one)
-        pg = _power(p, mode, one)
-        loss[i] = _xmul(a_pos * qg * yi, sp_neg, zero) + _xmul(a_neg * pg * (one - yi), sp_pos, zero)
-        if want_grad:
-            pos = a_pos * yi * qg * (q + gamma * _xmul(p, sp_neg, zero))
-            neg = a_neg * (one - yi) * pg * (p + gamma * _xmul(q, sp_pos, zero))
-            dx[i] = t(cot[i]) * (neg - pos)
+@functools.lru_cache(maxsize=None)
+def sigmoid_focal(mode, uniform_cot, want_grad):
+    """The sigmoid-focal kernel for exponent ``mode`` (:func:`_power`) and these flags:
+    ``(x, y, a_pos, a_neg, gamma, cot, loss, dx)``."""
+
+    @njit(cache=True, parallel=True, error_model="numpy")
+    def kernel(x, y, a_pos, a_neg, gamma, cot, loss, dx):
+        t = x.dtype.type
+        zero, one = t(0.0), t(1.0)
+        a_pos, a_neg, gamma = t(a_pos), t(a_neg), t(gamma)
+        cot0 = t(cot[0])
+        for i in prange(x.size):
+            xi = x[i]
+            yi = y[i]
+            sp_pos, sp_neg, p, q = _parts(xi, zero, one)
+            qg = _power(q, mode, one)
+            pg = _power(p, mode, one)
+            loss[i] = _xmul(a_pos * qg * yi, sp_neg, zero) + _xmul(a_neg * pg * (one - yi), sp_pos, zero)
+            if want_grad:
+                pos = a_pos * yi * qg * (q + gamma * _xmul(p, sp_neg, zero))
+                neg = a_neg * (one - yi) * pg * (p + gamma * _xmul(q, sp_pos, zero))
+                dx[i] = (cot0 if uniform_cot else t(cot[i])) * (neg - pos)
+
+    return kernel
