@@ -8,10 +8,12 @@ Workloads (float32, forward + backward, mean reduction): softmax cross-entropy a
 on 8 x 1 x 512 x 512; triplet margin on 4096 x 512. Each framework runs its own idiomatic
 forward + backward (PyTorch autograd on the CPU, ``jax.jit(jax.value_and_grad)`` with optax where it
 has the loss, ``tf.function`` with ``GradientTape``); refloss runs ``loss.value_and_grad`` under
-``use_backend("numpy")`` (the portable code) and ``use_backend("numba")``.
+``use_backend("numpy")`` (the portable code) and ``use_backend("numba")``. Every implementation
+runs in a process of its own on the same inputs (each workload's from a fixed seed), so that no
+framework's idle thread pool shares the cores with the one being timed.
 
-The memory floor is measured here, not assumed: the copy bandwidth ``2 S / t`` of ``np.copyto`` of an
-array the size of the largest input (``S`` bytes read and written), and a workload's floor is the
+The memory floor is measured here, not assumed: the copy bandwidth ``2 S / t`` of the fastest of ten ``np.copyto``
+of an array the size of the largest input (``S`` bytes read and written), and a workload's floor is the
 bytes it must move (read its inputs once, write the gradients refloss returns once) at that
 bandwidth. Medians are reported with their ratio to the fastest framework and to that floor; the
 targets of issue 7 are checked at the end. A fresh process measures the first call after import
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -132,21 +135,15 @@ _RUNNERS = {"torch": _torch_runner, "jax": _jax_runner, "tensorflow": _tf_runner
 
 
 def framework_runners(loss_fns, inputs, wrt):
-    """``{framework: fn}`` for each framework of ``loss_fns`` that imports; ``fn()`` runs one forward +
-    backward of that framework's loss on its own copies of ``inputs`` (NumPy arrays) and returns the
-    loss and the gradients with respect to ``inputs[i]`` for ``i`` in ``wrt``.
+    """``{framework: make}`` for each framework of ``loss_fns``: ``make()`` imports the framework and
+    returns ``fn``, and ``fn()`` runs one forward + backward of that framework's loss on its own copies
+    of ``inputs`` (NumPy arrays) and returns the loss and the gradients with respect to ``inputs[i]``
+    for ``i`` in ``wrt``.
 
     ``loss_fns[framework](ops, *inputs)`` is the loss expression in that framework's ops, a scalar:
     ``ops`` is the ``torch`` module, the ``tensorflow`` module, or for JAX a namespace of ``jax``,
-    ``jnp`` and ``optax``. A framework that does not import is left out, not an error: the benchmark
-    times what this installation has."""
-    out = {}
-    for name, loss in loss_fns.items():
-        try:
-            out[name] = _RUNNERS[name](loss, inputs, wrt)
-        except ImportError:
-            pass
-    return out
+    ``jnp`` and ``optax``."""
+    return {name: (lambda name=name, loss=loss: _RUNNERS[name](loss, inputs, wrt)) for name, loss in loss_fns.items()}
 
 
 def ce_frameworks(z, y):
@@ -278,11 +275,13 @@ def refloss_impls(name, inputs, params=None):
 
 
 def memory_bandwidth(nbytes, reps):
-    """Bytes per second of ``np.copyto`` (each byte read once and written once)."""
+    """Bytes per second of ``np.copyto`` (each byte read once and written once), from the fastest of
+    ``reps`` copies: a floor is what the machine can do, and the median copy wanders with the
+    neighbours' memory traffic (18.7 to 24.8 GB/s between two quiet runs here)."""
     src = np.ones(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    t, _ = timed(lambda: np.copyto(dst, src), reps)
-    return 2 * src.nbytes / t
+    _, best = timed(lambda: np.copyto(dst, src), max(reps, 10))
+    return 2 * src.nbytes / best
 
 
 def matmuls_alone(f, w, reps):
@@ -353,42 +352,86 @@ def workloads(rng):
     ]
 
 
+def installed(module):
+    """Whether ``module`` can be imported here (without importing it: the parent process stays bare)."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def implementations(name):
+    """The implementations timed for refloss loss ``name``: the installed frameworks, refloss's
+    backends, and for ArcFace its three products alone."""
+    import refloss
+
+    impls = [f for f in FRAMEWORKS if installed(f)]
+    impls += [f"refloss[{b}]" for b in ("numpy", "numba") if b in refloss.backends.available()]
+    return impls + ([MATMULS] if name == "arcface_loss" else [])
+
+
+MATMULS = "3 matmuls f32"
+
+
+def measure(index, impl, reps):
+    """Time one implementation of workload ``index`` (run in a process of its own: see :func:`main`);
+    ``{"median", "min", "floor_bytes"}``."""
+    title, build, name, params, frameworks = workloads(np.random.default_rng(0))[index]
+    inputs, floor_bytes = build()
+    if impl == MATMULS:
+        med, best = matmuls_alone(inputs[0], inputs[2], reps)
+    else:
+        fn = frameworks(inputs)[impl]() if impl in FRAMEWORKS else refloss_impls(name, inputs, params)[impl]
+        med, best = timed(fn, reps)
+    return {"median": med, "min": best, "floor_bytes": floor_bytes}
+
+
+def measure_apart(index, impl, reps):
+    """:func:`measure` in a fresh interpreter. Each implementation gets a process to itself: the
+    frameworks' thread pools keep spinning after a call (PyTorch's OpenMP, XLA's and TensorFlow's
+    Eigen pools), and on two cores whatever ran next in the same process lost a fifth of its speed."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(index), impl, "--reps", str(reps)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 10 (a check that everything runs)")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown table to write (default benchmarks/RESULTS.md)")
     ap.add_argument("--only", default="", help="comma-separated substrings of workload titles to run")
+    ap.add_argument("--reps", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    reps = 3 if args.quick else 10
-    rng = np.random.default_rng(0)
+    reps = args.reps or (3 if args.quick else 10)
+    if args.child:
+        print(json.dumps(measure(int(args.child[0]), args.child[1], reps)))
+        return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     bandwidth = memory_bandwidth(2048 * 32000 * 4, reps)
     print(f"copy bandwidth {bandwidth / 1e9:.2f} GB/s (np.copyto of 262 MB); load average {load:.2f}", flush=True)
     rows, checks = [], {}
-    for title, build, name, params, frameworks in workloads(rng):
+    for index, (title, _, name, _, _) in enumerate(workloads(None)):
         if args.only and not any(s.strip() in title for s in args.only.split(",")):
             continue
-        inputs, floor_bytes = build()
-        impls = {**frameworks(inputs), **refloss_impls(name, inputs, params)}
-        results = {}
-        for impl, fn in impls.items():
+        results, reference, floor = {}, None, float("nan")
+        for impl in implementations(name):
             try:
-                med, best = timed(fn, reps)
+                got = measure_apart(index, impl, reps)
             except Exception as exc:  # noqa: BLE001 - one framework's failure is reported, not fatal
-                print(f"  {title:36s} {impl:16s} failed: {type(exc).__name__}: {exc}", flush=True)
+                print(f"  {title:36s} {impl:16s} failed: {exc}", flush=True)
                 continue
-            results[impl] = (med, best)
-            print(f"  {title:36s} {impl:16s} {med * 1e3:10.1f} ms (min {best * 1e3:.1f})", flush=True)
+            print(f"  {title:36s} {impl:16s} {got['median'] * 1e3:10.1f} ms (min {got['min'] * 1e3:.1f})", flush=True)
+            floor = got["floor_bytes"] / bandwidth if got["floor_bytes"] else float("nan")
+            if impl == MATMULS:
+                reference = got["median"]
+            else:
+                results[impl] = (got["median"], got["min"])
         fastest = min((results[k][0] for k in results if k in FRAMEWORKS), default=float("nan"))
-        floor = floor_bytes / bandwidth if floor_bytes else float("nan")
-        reference = None
-        if name == "arcface_loss":
-            reference = matmuls_alone(inputs[0], inputs[2], reps)[0]
-            print(f"  {title:36s} {'3 matmuls f32':16s} {reference * 1e3:10.1f} ms", flush=True)
         for impl, (med, best) in results.items():
-            rows.append((title, impl, med, best, med / fastest, med / floor if floor_bytes else None, None if reference is None else med / reference))
+            rows.append((title, impl, med, best, med / fastest, med / floor if floor == floor else None, None if reference is None else med / reference))
         checks[title] = (results, fastest, floor, reference)
-        del inputs, impls
     first = first_call_seconds()
     print(f"first call after import (fresh process, cached kernels): {first:.2f} s")
     write_results(Path(args.out), rows, checks, bandwidth, first, load, reps)
@@ -444,7 +487,7 @@ def write_results(path, rows, checks, bandwidth, first, load, reps):
         f"{datetime.date.today().isoformat()}, refloss {refloss.__version__}; {cpu}, {os.cpu_count()} cores, "
         f"load average {load:.2f} at the start; {', '.join(versions)}.",
         "",
-        f"Memory floor: copy bandwidth {bandwidth / 1e9:.2f} GB/s measured by this run (np.copyto of 262 MB); a "
+        f"Memory floor: copy bandwidth {bandwidth / 1e9:.2f} GB/s measured by this run (the fastest of 10 np.copyto of 262 MB); a "
         "workload's floor is the bytes it must move (inputs read once, refloss's gradients written once) at that bandwidth.",
         "",
         "| workload | implementation | median ms | min ms | / fastest framework | / memory floor | / 3 matmuls (f32) |",

@@ -1,7 +1,8 @@
 """The backends: selection (refloss.use_backend, REFLOSS_BACKEND, array type), the Numba kernels'
 agreement with the portable code (backends/numpy) and with the golden files, their vectorizable
 ``exp`` / ``log1p`` over the whole float range, determinism across thread counts, and the CuPy
-kernels (which run only where a CUDA device is present)."""
+kernels (which run only where a CUDA device is present; their CUDA sources are compiled by nvcc
+wherever it is installed, device or not)."""
 
 from __future__ import annotations
 
@@ -507,3 +508,76 @@ def test_triplet_kernel_is_float32_accurate(params, monkeypatch):
         finite = np.isfinite(want).all(axis=1)
         assert np.array_equal(np.isnan(got), np.isnan(want))
         assert ulp_error(got[finite], want[finite].astype(np.float32), np.max(np.abs(want[finite]), axis=1, keepdims=True) + 1e-30) <= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The CUDA sources of the CuPy backend, compiled without CuPy or a GPU where nvcc is installed: a
+# syntax or type error would otherwise surface only on a machine with a device.
+
+
+def _cuda_sources():
+    """``(softmax source, [(name, in params, out params, body, preamble)])`` read from
+    backends/cupy/_kernels.py without importing it (importing needs CuPy)."""
+    import ast
+
+    tree = ast.parse((ROOT / "backends" / "cupy" / "_kernels.py").read_text())
+    strings = {}
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.Name):
+            return strings[node.id]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return value(node.left) + value(node.right)
+        raise ValueError(ast.dump(node))
+
+    kernels = []
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)):
+            continue
+        target, v = node.targets[0].id, node.value
+        if isinstance(v, ast.Call) and getattr(v.func, "attr", "") == "ElementwiseKernel":
+            ins, outs, body, name = (value(a) for a in v.args[:4])
+            preamble = next((value(k.value) for k in v.keywords if k.arg == "preamble"), "")
+            kernels.append((name, ins, outs, body, preamble))
+        else:
+            try:
+                strings[target] = value(v)
+            except (ValueError, KeyError):
+                pass
+    return strings["_SOFTMAX_SOURCE"], kernels
+
+
+_CUPY_TYPES = "typedef float float32;\ntypedef double float64;\ntypedef int int32;\ntypedef long long int64;\n"
+
+
+def _elementwise_harness(name, ins, outs, body):
+    """The body of a CuPy ElementwiseKernel as a device function template (inputs by value, outputs
+    by reference, ``T`` the type parameter, CuPy's dtype names as typedefs), instantiated for float
+    and double."""
+    params = [p.strip() for p in ins.split(",")] + [p.strip().replace(" ", "& ", 1) for p in outs.split(",")]
+    sig = ", ".join(params)
+    concrete = lambda t: ", ".join(p.replace("T ", t + " ", 1) if p.startswith("T ") else p.replace("T& ", t + "& ", 1) for p in params)
+    return f"template <typename T> __device__ void {name}({sig}) {{\n{body}\n}}\n" + "".join(
+        f"template __device__ void {name}<{t}>({concrete(t)});\n" for t in ("float", "double")
+    )
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="nvcc (the CUDA compiler) is not installed")
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_cuda_sources_compile(ctype, tmp_path):
+    softmax, kernels = _cuda_sources()
+    assert [k[0] for k in kernels] == ["refloss_bce_with_logits", "refloss_sigmoid_focal"]
+    source = softmax.replace("\n#define BLOCK 256\n", f"\n#define BLOCK 256\ntypedef {ctype} T;\n", 1)
+    assert f"typedef {ctype} T;" in source  # the launcher's substitution still matches
+    source = source.replace("typedef", _CUPY_TYPES + "typedef", 1)
+    for preamble in dict.fromkeys(k[4] for k in kernels):
+        source += preamble
+    source += "".join(_elementwise_harness(*k[:4]) for k in kernels)
+    path = tmp_path / "kernels.cu"
+    path.write_text(source)
+    done = subprocess.run(["nvcc", "--std=c++11", "-ptx", "-arch=sm_80", str(path), "-o", str(tmp_path / "kernels.ptx")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ptx = (tmp_path / "kernels.ptx").read_text()
+    assert ".entry softmax_ce" in ptx
