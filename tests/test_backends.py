@@ -337,6 +337,33 @@ def test_sigmoid_focal_matches_the_portable_code(dtype, alpha, gamma):
     assert g1[1] is None
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_reduction_cotangent_reaches_the_kernel_as_one_value(reduction, monkeypatch):
+    # sum and mean give every element the same cotangent: reduce_vjp returns it as a broadcast view
+    # (no array as large as the input) and the kernel reads the one value; values as materialised
+    from refloss.backends import _plan
+    from refloss.loss import reduce_vjp
+
+    rng = np.random.default_rng(11)
+    x, y = _binary_inputs(rng, np.float32)
+    cot = np.float32(0.75)
+    g = reduce_vjp(np, cot, x, reduction)
+    if reduction == "none":
+        assert g is cot
+    else:
+        assert g.shape == x.shape and all(s == 0 for s in g.strides)
+        materialised = np.ones_like(x) * cot / (x.size if reduction == "mean" else 1)
+        assert g.dtype == materialised.dtype and np.array_equal(g, materialised)
+    seen = []
+    original = _plan.cotangent
+    monkeypatch.setattr(_plan, "cotangent", lambda *a: seen.append(original(*a)) or seen[-1])
+    cotangent = rng.standard_normal(x.shape).astype(np.float32) if reduction == "none" else None
+    (v0, g0), (v1, g1) = both(refloss.binary_cross_entropy_with_logits, x, y, reduction=reduction, cotangent=cotangent)
+    (values, uniform), = seen
+    assert uniform == (reduction != "none") and values.size == (1 if uniform else x.size)
+    assert ulp_error(g1[0], g0[0]) <= ULP_BOUND
+
+
 def test_kernels_decline_what_they_do_not_cover():
     rng = np.random.default_rng(8)
     x, y = _binary_inputs(rng, np.float64)

@@ -45,56 +45,42 @@ LOG1P_ULP = 1.0
 # Bit casts and fma (LLVM instructions; numba has no scalar bitcast).
 
 
-@intrinsic
-def f64_as_i64(typingctx, x):
-    if x != types.float64:
-        return None
+def _bitcasts(float_type, int_type):
+    """``(float -> int, int -> float)`` intrinsics that reinterpret the bits of a scalar between
+    ``float_type`` and the integer type of its width; the second takes any integer, sign-extended or
+    truncated to that width first."""
+    width = int_type.bitwidth
 
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    @intrinsic
+    def as_int(typingctx, x):
+        if x != float_type:
+            return None
 
-    return types.int64(types.float64), codegen
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(int_type))
 
+        return int_type(float_type), codegen
 
-@intrinsic
-def i64_as_f64(typingctx, x):
-    if not isinstance(x, types.Integer):
-        return None
+    @intrinsic
+    def as_float(typingctx, x):
+        if not isinstance(x, types.Integer):
+            return None
 
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        if x.bitwidth < 64:
-            v = builder.sext(v, context.get_value_type(types.int64))
-        return builder.bitcast(v, context.get_value_type(types.float64))
+        def codegen(context, builder, sig, args):
+            v, target = args[0], context.get_value_type(int_type)
+            if x.bitwidth < width:
+                v = builder.sext(v, target)
+            elif x.bitwidth > width:
+                v = builder.trunc(v, target)
+            return builder.bitcast(v, context.get_value_type(float_type))
 
-    return types.float64(x), codegen
+        return float_type(x), codegen
 
-
-@intrinsic
-def f32_as_i32(typingctx, x):
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-
-    return types.int32(types.float32), codegen
+    return as_int, as_float
 
 
-@intrinsic
-def i32_as_f32(typingctx, x):
-    if not isinstance(x, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        if x.bitwidth > 32:
-            v = builder.trunc(v, context.get_value_type(types.int32))
-        elif x.bitwidth < 32:
-            v = builder.sext(v, context.get_value_type(types.int32))
-        return builder.bitcast(v, context.get_value_type(types.float32))
-
-    return types.float32(x), codegen
+f64_as_i64, i64_as_f64 = _bitcasts(types.float64, types.int64)
+f32_as_i32, i32_as_f32 = _bitcasts(types.float32, types.int32)
 
 
 @intrinsic
@@ -307,54 +293,43 @@ def _vlog1p_unit(u):
 # maximum is an integer reduction, which vectorizes (a float max does not, without fastmath).
 
 
-@njit(error_model="numpy")
-def key32(x):
-    b = f32_as_i32(x)
-    return b ^ ((b >> 31) & 0x7FFFFFFF)
-
-
-@njit(error_model="numpy")
-def key64(x):
-    b = f64_as_i64(x)
-    return b ^ ((b >> 63) & 0x7FFFFFFFFFFFFFFF)
-
-
-@njit(error_model="numpy")
-def unkey32(k):
-    return i32_as_f32(k ^ ((k >> 31) & 0x7FFFFFFF))
-
-
-@njit(error_model="numpy")
-def unkey64(k):
-    return i64_as_f64(k ^ ((k >> 63) & 0x7FFFFFFFFFFFFFFF))
+_KEY_CASTS = {types.float32: (f32_as_i32, i32_as_f32, 31, 0x7FFFFFFF), types.float64: (f64_as_i64, i64_as_f64, 63, 0x7FFFFFFFFFFFFFFF)}
 
 
 def key(x):
-    """Order key of a float (see :func:`key32`, :func:`key64`)."""
+    """Order key of a float: its bits as a signed integer, with the magnitude bits of a negative
+    float flipped, so that integer order is float order (NaN aside)."""
     raise NotImplementedError
 
 
 @overload(key)
 def _key(x):
-    if x == types.float32:
-        return lambda x: key32(x)
-    if x == types.float64:
-        return lambda x: key64(x)
-    return None
+    if x not in _KEY_CASTS:
+        return None
+    as_int, _, sign, magnitude = _KEY_CASTS[x]
+
+    def impl(x):
+        b = as_int(x)
+        return b ^ ((b >> sign) & magnitude)
+
+    return impl
 
 
 def unkey(k, like):
-    """The float whose :func:`key` is ``k``, of ``like``'s type."""
+    """The float whose :func:`key` is ``k``, of ``like``'s type (the flip is its own inverse)."""
     raise NotImplementedError
 
 
 @overload(unkey)
 def _unkey(k, like):
-    if like == types.float32:
-        return lambda k, like: unkey32(k)
-    if like == types.float64:
-        return lambda k, like: unkey64(k)
-    return None
+    if like not in _KEY_CASTS:
+        return None
+    _, as_float, sign, magnitude = _KEY_CASTS[like]
+
+    def impl(k, like):
+        return as_float(k ^ ((k >> sign) & magnitude))
+
+    return impl
 
 
 # --------------------------------------------------------------------------------------------------
