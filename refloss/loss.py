@@ -270,26 +270,41 @@ def _normaliser(xp, unreduced, reduction, mean_weight):
     return array_api_compat.size(unreduced)
 
 
-def _divide(xp, total, den):
-    # 0/0 (every target ignored) is NaN by definition, without a floating-point warning.
+def _divide(xp, total, den, total_low=None):
+    # 0/0 (every target ignored) is NaN by definition, without a floating-point warning. A total with
+    # a low part is divided as a double-double and rounded once.
     if isinstance(den, int):
-        return total / den if den else total * math.nan
+        if not den:
+            return total * math.nan
+        if total_low is None:
+            return total / den
+        den = xp.asarray(float(den), dtype=total.dtype, device=array_api_compat.device(total))
     zero = den == 0
-    return xp.where(zero, total * math.nan, total / xp.where(zero, xp.ones_like(den), den))
+    safe = xp.where(zero, xp.ones_like(den), den)
+    quotient = total / safe if total_low is None else _xp.dd_div(xp, total, total_low, safe, xp.zeros_like(safe))[0]
+    return xp.where(zero, total * math.nan, quotient)
 
 
-def reduce(xp, unreduced, reduction, mean_weight=None):
+def reduce(xp, unreduced, reduction, mean_weight=None, low=None):
     """Combine per-element losses as ``reduction`` says (see :data:`REDUCTIONS`).
 
     ``mean_weight`` (same shape as ``unreduced``) replaces the element count under ``mean`` by
     ``sum(mean_weight)``: PyTorch's weighted mean for class-weighted or ignored targets.
+
+    ``low`` (same shape) are the low parts of elements carried as double-doubles (a loss's
+    :meth:`Loss.defpair`): the total is then the double-double sum of the pairs (:func:`refloss.xp.dd_sum`)
+    and the mean its double-double quotient, rounded once, so that elements of both signs whose sum
+    cancels leave a total correct to an ulp of itself, not of the largest element.
     """
     if reduction == "none":
         return unreduced
-    total = xp.sum(unreduced)
+    if low is None:
+        total, total_low = xp.sum(unreduced), None
+    else:
+        total, total_low = _xp.dd_sum(xp, xp.reshape(unreduced, (-1,)), xp.reshape(low, (-1,)))
     if reduction == "sum":
         return total
-    return _divide(xp, total, _normaliser(xp, unreduced, reduction, mean_weight))
+    return _divide(xp, total, _normaliser(xp, unreduced, reduction, mean_weight), total_low)
 
 
 def reduce_vjp(xp, cotangent, unreduced, reduction, mean_weight=None):
@@ -359,6 +374,7 @@ class Loss:
         self.route = route
         self.stop_gradient = stop_gradient
         self._vjp = None
+        self._pair = None
         self.__doc__ = forward.__doc__
         self.__name__ = self.name
         self.__qualname__ = self.name
@@ -378,6 +394,13 @@ class Loss:
         """Attach the hand-derived VJP (used as a decorator)."""
         self._vjp = vjp
         return vjp
+
+    def defpair(self, pair):
+        """Attach ``pair(xp, *inputs, **params) -> (hi, lo)``, the unreduced loss as a double-double
+        (``hi`` is what the forward returns), used as a decorator. For a loss whose elements take both
+        signs: the reductions then sum the pairs (:func:`reduce`'s ``low``)."""
+        self._pair = pair
+        return pair
 
     @property
     def summary(self) -> str:
@@ -503,11 +526,19 @@ class Loss:
         return _backends.kernel(self.name, call.inputs)
 
     def _forward(self, call):
-        """The unreduced loss: the backend's kernel where it takes the call, else :attr:`forward`."""
-        kw = self._kw(call)
+        """``(unreduced, low)``: the backend's kernel where it takes the call (no low parts), else the
+        loss's own code (:meth:`_portable_unreduced`)."""
         kernel = self._kernel(call)
-        out = None if kernel is None else kernel.forward(call.xp, call.inputs, kw)
-        return self.forward(call.xp, *call.inputs, **kw) if out is None else out
+        out = None if kernel is None else kernel.forward(call.xp, call.inputs, self._kw(call))
+        return self._portable_unreduced(call) if out is None else (out, None)
+
+    def _portable_unreduced(self, call):
+        """``(unreduced, low)`` from the loss's own code: the double-double pair where the loss has
+        one (:meth:`defpair`) and the call reduces, else the forward and ``None``."""
+        kw = self._kw(call)
+        if self._pair is not None and call.reduction != "none":
+            return self._pair(call.xp, *call.inputs, **kw)
+        return self.forward(call.xp, *call.inputs, **kw), None
 
     def _mean_weight(self, call):
         if self.mean_weight is None or call.reduction != "mean":
@@ -532,8 +563,8 @@ class Loss:
 
             return call_primitive(self, args, kwargs)
         call = self._bind(args, kwargs)
-        unreduced = self._forward(call)
-        return reduce(call.xp, unreduced, call.reduction, self._mean_weight(call))
+        unreduced, low = self._forward(call)
+        return reduce(call.xp, unreduced, call.reduction, self._mean_weight(call), low)
 
     def unreduced(self, *args, **kwargs):
         """The per-element loss (``reduction`` is ignored), after the same validation."""
@@ -541,8 +572,8 @@ class Loss:
         if routed is not None:
             other, args, kwargs = routed
             return other.unreduced(*args, **kwargs)
-        call = self._bind(args, kwargs)
-        return self._forward(call)
+        call = dataclasses.replace(self._bind(args, kwargs), reduction="none")
+        return self._forward(call)[0]
 
     def value_and_grad(self, *args, cotangent=None, **kwargs):
         """``(value, grads)``: the reduced loss and its analytic gradient.
@@ -572,14 +603,14 @@ class Loss:
         kernel = self._kernel(call)
         fused = None if kernel is None else kernel.value_and_grad(xp, call.inputs, kw, cot_for)
         if fused is not None:
-            unreduced, grads = fused
+            (unreduced, grads), low = fused, None
             grads = list(grads)
         else:
-            unreduced = self.forward(xp, *call.inputs, **kw)
+            unreduced, low = self._portable_unreduced(call)
             if self._vjp is None:
                 raise NotImplementedError(f"{self.name}: no VJP declared")
             grads = list(self._vjp(xp, cot_for(unreduced), *call.inputs, **kw))
-        value = reduce(xp, unreduced, call.reduction, mean_weight)
+        value = reduce(xp, unreduced, call.reduction, mean_weight, low)
         if len(grads) != len(self.inputs):
             raise RuntimeError(f"{self.name}: VJP returned {len(grads)} gradients for {len(self.inputs)} inputs")
         for k, spec in enumerate(self.inputs):

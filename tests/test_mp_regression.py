@@ -20,15 +20,7 @@ CASES_PER_PATH = 2
 
 # Certificates known to exceed the bound, by loss: (predicate on the parameters, the quantities
 # allowed to, why). Each is reported; the test xfails (not strictly) where one of them does exceed.
-KNOWN = {
-    "poisson_nll_loss": (
-        lambda params: params["reduction"] != "none",
-        {"value"},
-        "each element is correctly rounded (double-double exp, log and sums), but refloss.loss.reduce adds the "
-        "rounded elements plainly and exp(x) - y x takes both signs, so their sum can cancel (8 ulps on this mean; "
-        "thousands in a 600-seed sweep); needs a compensated reduction of double-double elements",
-    ),
-}
+KNOWN = {}
 
 
 @pytest.mark.parametrize("loss, params", paths(FAMILY))

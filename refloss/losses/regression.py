@@ -243,7 +243,16 @@ def poisson_nll_loss(xp, input, target, *, log_input, full, eps):
     Gradient: ``exp(x) - y`` (log-rate, from the double-double ``exp``) or ``(x + eps - y) / (x + eps)``
     (rate; the numerator from exact sums). The target is data (counts) and is not differentiated;
     the Stirling term is discontinuous at ``y = 1``.
+
+    The elements take both signs, so their sum may cancel too: the reductions sum them as the
+    double-doubles they are (:func:`_poisson_pair`, refloss.loss.reduce's ``low``).
     """
+    return _poisson_pair(xp, input, target, log_input=log_input, full=full, eps=eps)[0]
+
+
+@poisson_nll_loss.defpair
+def _poisson_pair(xp, input, target, *, log_input, full, eps):
+    """:func:`poisson_nll_loss`'s elements as double-doubles ``(hi, lo)`` (``lo`` 0 where not finite)."""
     if log_input:
         plain = xp.exp(input) - target * input
     else:
@@ -269,8 +278,8 @@ def poisson_nll_loss(xp, input, target, *, log_input, full, eps):
         c_hi, c_lo = _half_log_2pi(xp, x)
         stirling = [(q, qe), (-ys, zero), (0.5 * ly_hi, 0.5 * ly_lo), (xp.full_like(x, c_hi), xp.full_like(x, c_lo))]
         terms += [(xp.where(big, hi, zero), xp.where(big, lo, zero)) for hi, lo in stirling]
-    total, _ = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
-    return xp.where(fin, total, plain)
+    total, low = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
+    return xp.where(fin, total, plain), xp.where(fin, low, zero)
 
 
 _PI = "3.14159265358979323846264338327950288419716939937510582097494459"
@@ -310,13 +319,14 @@ def _poisson_vjp(xp, cot, input, target, *, log_input, full, eps):
 def _gaussian_nll_frozen(xp, base, input, target, var, *, full, eps):
     """The straight-through clamp as a stop-gradient: ``v = var + (max(var0, eps) - var0)`` with the
     shift frozen at ``var0 = base[2]`` (PyTorch's in-place clamp under ``no_grad``)."""
-    return _gaussian_nll(xp, input, target, var + (xp.maximum(base[2], eps) - base[2]), full)
+    return _gaussian_nll(xp, input, target, var + (xp.maximum(base[2], eps) - base[2]), full)[0]
 
 
 def _gaussian_nll(xp, input, target, v, full):
-    """``(log v + d^2 / v) / 2`` (``+ log(2 pi) / 2``): the two terms cancel where ``d^2 / v ~ -log v``
-    (``v < 1``), so ``d`` is exact (TwoSum), ``d^2 / v`` and ``log v`` are double-doubles, and their sum
-    is rounded once."""
+    """``(log v + d^2 / v) / 2`` (``+ log(2 pi) / 2``) as a double-double ``(hi, lo)`` (``lo`` 0 where
+    not finite): the two terms cancel where ``d^2 / v ~ -log v`` (``v < 1``), so ``d`` is exact
+    (TwoSum), ``d^2 / v`` and ``log v`` are double-doubles, and their sum is rounded once into ``hi``.
+    The elements take both signs, so the reductions sum the pairs (refloss.loss.reduce's ``low``)."""
     d = input - target
     plain = 0.5 * (xp.log(v) + d * d / v)
     if full:
@@ -332,8 +342,8 @@ def _gaussian_nll(xp, input, target, v, full):
     if full:
         c_hi, c_lo = _half_log_2pi(xp, w)
         terms.append((xp.full_like(w, c_hi), xp.full_like(w, c_lo)))
-    total, _ = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
-    return xp.where(fin, total, plain)
+    total, low = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
+    return xp.where(fin, total, plain), xp.where(fin, low, xp.zeros_like(low))
 
 
 @loss(
@@ -362,6 +372,11 @@ def gaussian_nll_loss(xp, input, target, var, *, full, eps):
     Gradients: ``d l / d input = d / v``, ``d l / d target = -d / v``,
     ``d l / d var = (1 / v - d^2 / v^2) / 2`` summed over broadcast dimensions.
     """
+    return _gaussian_nll_pair(xp, input, target, var, full=full, eps=eps)[0]
+
+
+@gaussian_nll_loss.defpair
+def _gaussian_nll_pair(xp, input, target, var, *, full, eps):
     return _gaussian_nll(xp, input, target, xp.maximum(var, eps), full)
 
 
