@@ -312,10 +312,8 @@ def to_numpy(x):
 def _split_constants(xp, dtype):
     """Veltkamp's splitter ``2^h + 1`` (``h = ceil(t / 2)`` for ``t``-bit significands: 2^27 + 1 for
     float64) and the magnitude below which the split cannot overflow (2^995 for float64)."""
-    fi = xp.finfo(dtype)
-    t = round(-math.log2(float(fi.eps))) + 1
-    h = (t + 1) // 2
-    return 2.0**h + 1, 2.0 ** (math.floor(math.log2(float(fi.max))) - h - 1)
+    h = (significand_bits(xp, dtype) + 1) // 2
+    return 2.0**h + 1, 2.0 ** (math.floor(math.log2(float(xp.finfo(dtype).max))) - h - 1)
 
 
 def two_sum(xp, a, b):
@@ -443,7 +441,9 @@ def _exp_constants(bits: int):
 
 
 def significand_bits(xp, x) -> int:
-    return round(-math.log2(float(xp.finfo(x.dtype).eps))) + 1
+    """``t``, the significand width (the hidden bit counted) of the floating dtype of array ``x``, or
+    of ``x`` itself when it is a dtype: 53 for float64, 24 for float32."""
+    return round(-math.log2(float(xp.finfo(x).eps))) + 1  # finfo takes an array or a dtype
 
 
 def dd_exp(xp, x):

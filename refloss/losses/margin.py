@@ -61,7 +61,7 @@ import numpy as np  # domains and error messages only
 
 from .. import domains as D
 from ..loss import Input, Param, _fail, loss, reduce_vjp
-from ..xp import dd_mul, dd_sum, log_softmax, namespace, one_hot, renormalise, take_along_axis, to_numpy, two_prod, two_sum
+from ..xp import dd_mul, dd_sum, log_softmax, namespace, one_hot, renormalise, significand_bits, take_along_axis, to_numpy, two_prod, two_sum
 
 __all__ = [
     "normface_loss",
@@ -224,8 +224,7 @@ def _dd_zeros(xp, like):
 def _split_bits(xp, dtype, k):
     """Bits ``h`` of the split grid ``2^-h`` for sums of ``k`` products of entries in [-1, 1]: ``2h + log2 k <= t - 1``
     for a ``t``-bit significand, so such products and all their partial sums are exact (Ozaki et al.)."""
-    t = round(-math.log2(float(xp.finfo(dtype).eps))) + 1
-    return (t - 1 - math.ceil(math.log2(max(k, 1)))) // 2
+    return (significand_bits(xp, dtype) - 1 - math.ceil(math.log2(max(k, 1)))) // 2
 
 
 def _fine_split_product(xp, a, a_lo, b, b_lo, h, contract):
