@@ -10,7 +10,9 @@ forward + backward (PyTorch autograd on the CPU, ``jax.jit(jax.value_and_grad)``
 has the loss, ``tf.function`` with ``GradientTape``); refloss runs ``loss.value_and_grad`` under
 ``use_backend("numpy")`` (the portable code) and ``use_backend("numba")``. Every implementation
 runs in a process of its own on the same inputs (each workload's from a fixed seed), so that no
-framework's idle thread pool shares the cores with the one being timed.
+framework's idle thread pool shares the cores with the one being timed; the processes run in turn,
+twice (:data:`ROUNDS`), and the calls are pooled, so that a machine whose speed drifts is sampled
+alike for every implementation.
 
 The memory floor is measured here, not assumed: the copy bandwidth ``2 S / t`` of the fastest of ten ``np.copyto``
 of an array the size of the largest input (``S`` bytes read and written), and a workload's floor is the
@@ -41,9 +43,9 @@ FRAMEWORKS = ("torch", "jax", "tensorflow")
 
 
 def timed(fn, reps, warmup=1, slow=2.0):
-    """Median and minimum seconds of ``fn()`` over ``reps`` calls after ``warmup`` untimed calls (which
-    take the compilation: JIT tracing, Numba's cache); a first timed call slower than ``slow`` seconds
-    (the portable code at these sizes) is the only one."""
+    """Seconds of each of ``reps`` calls of ``fn()`` after ``warmup`` untimed calls (which take the
+    compilation: JIT tracing, Numba's cache); a first timed call slower than ``slow`` seconds (the
+    portable code at these sizes) is the only one."""
     for _ in range(warmup):
         fn()
     times = []
@@ -51,7 +53,7 @@ def timed(fn, reps, warmup=1, slow=2.0):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times)
+    return times
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,8 +282,7 @@ def memory_bandwidth(nbytes, reps):
     neighbours' memory traffic (18.7 to 24.8 GB/s between two quiet runs here)."""
     src = np.ones(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    _, best = timed(lambda: np.copyto(dst, src), max(reps, 10))
-    return 2 * src.nbytes / best
+    return 2 * src.nbytes / min(timed(lambda: np.copyto(dst, src), max(reps, 10)))
 
 
 def matmuls_alone(f, w, reps, dtype):
@@ -377,15 +378,21 @@ MATMULS = {"3 matmuls f32": np.float32, "3 matmuls f64": np.float64}
 
 def measure(index, impl, reps):
     """Time one implementation of workload ``index`` (run in a process of its own: see :func:`main`);
-    ``{"median", "min", "floor_bytes"}``."""
+    ``{"times": seconds of each call, "floor_bytes"}``."""
     title, build, name, params, frameworks = workloads(np.random.default_rng(0))[index]
     inputs, floor_bytes = build()
     if impl in MATMULS:
-        med, best = matmuls_alone(inputs[0], inputs[2], reps, MATMULS[impl])
+        times = matmuls_alone(inputs[0], inputs[2], reps, MATMULS[impl])
     else:
         fn = frameworks(inputs)[impl]() if impl in FRAMEWORKS else refloss_impls(name, inputs, params)[impl]
-        med, best = timed(fn, reps)
-    return {"median": med, "min": best, "floor_bytes": floor_bytes}
+        times = timed(fn, reps)
+    return {"times": times, "floor_bytes": floor_bytes}
+
+
+#: Each implementation's process runs in turn, this many times per workload, the calls pooled: on a
+#: shared machine whose speed drifts (one kernel took 36 ms in one run and 52 ms in the next) the
+#: implementations are then sampled over the same stretch of time.
+ROUNDS = 2
 
 
 def measure_apart(index, impl, reps):
@@ -408,6 +415,7 @@ def main(argv=None):
     ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     reps = args.reps or (3 if args.quick else 10)
+    rounds = 1 if args.quick or args.child else ROUNDS
     if args.child:
         print(json.dumps(measure(int(args.child[0]), args.child[1], reps)))
         return
@@ -419,18 +427,29 @@ def main(argv=None):
         if args.only and not any(s.strip() in title for s in args.only.split(",")):
             continue
         results, reference, floor = {}, {}, float("nan")
-        for impl in implementations(name):
-            try:
-                got = measure_apart(index, impl, reps)
-            except Exception as exc:  # noqa: BLE001 - one framework's failure is reported, not fatal
-                print(f"  {title:36s} {impl:16s} failed: {exc}", flush=True)
+        impls = implementations(name)
+        samples, failed = {impl: [] for impl in impls}, set()
+        for _ in range(rounds):
+            for impl in impls:
+                if impl in failed:
+                    continue
+                try:
+                    got = measure_apart(index, impl, -(-reps // rounds))
+                except Exception as exc:  # noqa: BLE001 - one framework's failure is reported, not fatal
+                    print(f"  {title:36s} {impl:16s} failed: {exc}", flush=True)
+                    failed.add(impl)
+                    continue
+                samples[impl] += got["times"]
+                floor = got["floor_bytes"] / bandwidth if got["floor_bytes"] else float("nan")
+        for impl, times in samples.items():
+            if not times:
                 continue
-            print(f"  {title:36s} {impl:16s} {got['median'] * 1e3:10.1f} ms (min {got['min'] * 1e3:.1f})", flush=True)
-            floor = got["floor_bytes"] / bandwidth if got["floor_bytes"] else float("nan")
+            med, best = statistics.median(times), min(times)
+            print(f"  {title:36s} {impl:16s} {med * 1e3:10.1f} ms (min {best * 1e3:.1f}, {len(times)} calls)", flush=True)
             if impl in MATMULS:
-                reference[impl] = got["median"]
+                reference[impl] = med
             else:
-                results[impl] = (got["median"], got["min"])
+                results[impl] = (med, best)
         fastest = min((results[k][0] for k in results if k in FRAMEWORKS), default=float("nan"))
         for impl, (med, best) in results.items():
             mm = [med / reference[k] if k in reference else None for k in MATMULS]
@@ -438,7 +457,7 @@ def main(argv=None):
         checks[title] = (results, fastest, floor, reference)
     first = first_call_seconds()
     print(f"first call after import (fresh process, cached kernels): {first:.2f} s")
-    write_results(Path(args.out), rows, checks, bandwidth, first, load, reps)
+    write_results(Path(args.out), rows, checks, bandwidth, first, load, reps, rounds)
     print(f"wrote {args.out}")
 
 
@@ -474,7 +493,7 @@ def _targets(checks, first):
     return lines
 
 
-def write_results(path, rows, checks, bandwidth, first, load, reps):
+def write_results(path, rows, checks, bandwidth, first, load, reps, rounds):
     import refloss
 
     versions = []
@@ -491,7 +510,8 @@ def write_results(path, rows, checks, bandwidth, first, load, reps):
     out = [
         "# Benchmark results",
         "",
-        f"`benchmarks/run.py` ({'quick: ' if reps < 10 else ''}{reps} timed repetitions, medians), "
+        f"`benchmarks/run.py` ({'quick: ' if rounds == 1 else ''}{reps} timed calls per implementation, "
+        f"{'in one process' if rounds == 1 else f'in {rounds} processes run in turn with the others'}, medians), "
         f"{datetime.date.today().isoformat()}, refloss {refloss.__version__}; {cpu}, {os.cpu_count()} cores, "
         f"load average {load:.2f} at the start; {', '.join(versions)}.",
         "",
