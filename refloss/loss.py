@@ -281,7 +281,11 @@ def _divide(xp, total, den, total_low=None):
         den = xp.asarray(float(den), dtype=total.dtype, device=array_api_compat.device(total))
     zero = den == 0
     safe = xp.where(zero, xp.ones_like(den), den)
-    quotient = total / safe if total_low is None else _xp.dd_div(xp, total, total_low, safe, xp.zeros_like(safe))[0]
+    quotient = total / safe
+    if total_low is not None:  # refined where the quotient is finite (an infinite one stays as IEEE makes it)
+        fin = xp.isfinite(quotient)
+        t, t_low, d = (xp.where(fin, a, b) for a, b in ((total, 0 * safe), (total_low, 0 * safe), (safe, xp.ones_like(safe))))
+        quotient = xp.where(fin, _xp.dd_div(xp, t, t_low, d, xp.zeros_like(d))[0], quotient)
     return xp.where(zero, total * math.nan, quotient)
 
 
