@@ -284,8 +284,9 @@ def _divide(xp, total, den, total_low=None):
     quotient = total / safe
     if total_low is not None:  # refined where the quotient is finite (an infinite one stays as IEEE makes it)
         fin = xp.isfinite(quotient)
-        t, t_low, d = (xp.where(fin, a, b) for a, b in ((total, 0 * safe), (total_low, 0 * safe), (safe, xp.ones_like(safe))))
-        quotient = xp.where(fin, _xp.dd_div(xp, t, t_low, d, xp.zeros_like(d))[0], quotient)
+        nil = xp.zeros_like(safe)
+        refined, _ = _xp.dd_div(xp, xp.where(fin, total, nil), xp.where(fin, total_low, nil), xp.where(fin, safe, nil + 1), nil)
+        quotient = xp.where(fin, refined, quotient)
     return xp.where(zero, total * math.nan, quotient)
 
 
