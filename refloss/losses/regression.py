@@ -198,6 +198,13 @@ def _log_cosh_vjp(xp, cot, input, target):
     return _input_and_target(cot * xp.tanh(input - target))
 
 
+def _summed_terms(xp, terms, fin, plain):
+    """The elements ``sum(terms)`` of double-double ``(hi, lo)`` terms, as a double-double rounded once
+    into ``hi``; where ``fin`` is false, ``plain`` (the direct formula's non-finite value) with ``lo = 0``."""
+    total, low = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
+    return xp.where(fin, total, plain), xp.where(fin, low, xp.zeros_like(low))
+
+
 def _stirling(xp, y):
     """``y log y - y + log(2 pi y) / 2`` where ``y > 1``, else 0 (PyTorch's and TF's ``full`` term)."""
     big = y > 1
@@ -278,8 +285,7 @@ def _poisson_pair(xp, input, target, *, log_input, full, eps):
         c_hi, c_lo = _half_log_2pi(xp, x)
         stirling = [(q, qe), (-ys, zero), (0.5 * ly_hi, 0.5 * ly_lo), (xp.full_like(x, c_hi), xp.full_like(x, c_lo))]
         terms += [(xp.where(big, hi, zero), xp.where(big, lo, zero)) for hi, lo in stirling]
-    total, low = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
-    return xp.where(fin, total, plain), xp.where(fin, low, zero)
+    return _summed_terms(xp, terms, fin, plain)
 
 
 _PI = "3.14159265358979323846264338327950288419716939937510582097494459"
@@ -342,8 +348,7 @@ def _gaussian_nll(xp, input, target, v, full):
     if full:
         c_hi, c_lo = _half_log_2pi(xp, w)
         terms.append((xp.full_like(w, c_hi), xp.full_like(w, c_lo)))
-    total, low = dd_sum(xp, xp.stack([hi for hi, _ in terms], axis=-1), xp.stack([lo for _, lo in terms], axis=-1))
-    return xp.where(fin, total, plain), xp.where(fin, low, xp.zeros_like(low))
+    return _summed_terms(xp, terms, fin, plain)
 
 
 @loss(
